@@ -1,0 +1,95 @@
+"""The ``strowger`` command."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from strowger import __version__
+from strowger.errors import ConfigError
+from strowger.settings import Settings, load_settings
+
+app = typer.Typer(
+    name="strowger",
+    help="Strowger: an event-driven BSS/OSS backbone (TM Forum Open APIs over an event bus).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def settings_or_exit(**overrides: object) -> Settings:
+    """The settings, or a one-line message naming the bad setting and exit code 2."""
+    try:
+        return load_settings(**overrides)
+    except ConfigError as exc:
+        err_console.print(f"[bold red]configuration error[/]: {exc}", highlight=False)
+        raise typer.Exit(code=2) from None
+
+
+@app.command()
+def version() -> None:
+    """Print Strowger's version."""
+    console.print(f"strowger {__version__}")
+
+
+@app.command()
+def config() -> None:
+    """Print the settings in force (from STROWGER_* variables and strowger.toml)."""
+    settings = settings_or_exit()
+    for name, value in settings.model_dump().items():
+        console.print(f"[bold]{name}[/] = {value!r}", highlight=False)
+
+
+@app.command()
+def run(
+    component: Annotated[
+        str, typer.Argument(help="Component to run, or 'all' for the whole platform")
+    ] = "all",
+    host: Annotated[str | None, typer.Option(help="Address to serve on")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to serve on")] = None,
+) -> None:
+    """Run the platform (or one component) and serve its HTTP APIs until Ctrl-C."""
+    overrides: dict[str, object] = {"component": component}
+    if host:
+        overrides["host"] = host
+    if port:
+        overrides["port"] = port
+    settings = settings_or_exit(**overrides)
+
+    import uvicorn
+
+    from strowger.app import create_app
+    from strowger.bootstrap import bootstrap
+
+    platform = bootstrap(settings)
+    console.print(
+        f"Strowger {__version__}: database [bold]{settings.database}[/], bus [bold]{settings.bus}[/], "
+        f"serving on http://{settings.host}:{settings.port} (Ctrl-C stops)",
+        highlight=False,
+    )
+    uvicorn.run(
+        create_app(platform),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+    )
+
+
+def main() -> None:
+    try:
+        app()
+    except ConfigError as exc:  # a setting read outside settings_or_exit
+        err_console.print(f"[bold red]configuration error[/]: {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""The event envelope: TMF notification structure plus transport headers.
+
+On the wire a message is the TMF notification body (JSON) and a set of string
+headers, so consumers can route and filter on ``eventType`` without decoding.
+:func:`encode` and :func:`decode` are the only places that know that layout.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from strowger.errors import MalformedMessage
+
+
+class Category(enum.StrEnum):
+    """The four kinds of message, each with its own handling (docs/architecture.md)."""
+
+    DOMAIN = "domain"  # a fact, past tense: topics, many consumers, retried
+    COMMAND = "command"  # imperative: one consumer, failure reported back, dead-lettered
+    NOTIFICATION = "notification"  # for external parties (SMS, email, push, webhooks)
+    SYSTEM = "system"  # operational: alerts, health, drift
+
+
+class Header(enum.StrEnum):
+    """Transport header names carried on every message."""
+
+    EVENT_ID = "eventId"
+    EVENT_TYPE = "eventType"
+    SCHEMA_VERSION = "schemaVersion"
+    CATEGORY = "category"
+    CORRELATION_ID = "correlationId"
+    CAUSATION_ID = "causationId"
+    TRACEPARENT = "traceparent"
+    PRODUCER = "producer"
+    PRODUCED_AT = "producedAt"
+    ENTITY_KEY = "entityKey"
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 with milliseconds and a Z, as TMF payloads show times."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> datetime:
+    """An RFC 3339 time; a time without offset is taken as UTC."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """What a bus carries: a topic, a routing key (the entity id), string headers and a body."""
+
+    topic: str
+    key: str
+    headers: Mapping[str, str]
+    value: bytes
+
+    @property
+    def event_id(self) -> str:
+        return self.headers.get(Header.EVENT_ID, "")
+
+    @property
+    def event_type(self) -> str:
+        return self.headers.get(Header.EVENT_TYPE, "")
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One event or command, in the TMF notification structure.
+
+    ``payload`` is the content of the TMF ``event`` field, e.g.
+    ``{"productOrder": {...}}``; ``entity_key`` is the id messages are routed
+    and ordered by (the order id for everything about one order).
+    """
+
+    event_type: str
+    payload: Mapping[str, Any]
+    entity_key: str
+    category: Category = Category.DOMAIN
+    schema_version: int = 1
+    event_id: str = field(default_factory=new_id)
+    event_time: datetime = field(default_factory=utcnow)
+    time_occurred: datetime | None = None
+    correlation_id: str = ""
+    causation_id: str = ""
+    traceparent: str = ""
+    producer: str = ""
+    domain: str = ""
+    title: str = ""
+    description: str = ""
+    priority: str = ""
+    source: Mapping[str, Any] | None = None
+    reporting_system: Mapping[str, Any] | None = None
+    type_: str = ""  # @type, defaults to event_type
+    base_type: str = ""  # @baseType
+    extra: Mapping[str, Any] = field(default_factory=dict)  # unknown TMF fields kept on round trip
+
+    def caused(self, event_type: str, payload: Mapping[str, Any], **fields: Any) -> Envelope:
+        """A new envelope caused by this one: same correlation id and trace, causation = this event."""
+        fields.setdefault("entity_key", self.entity_key)
+        return Envelope(
+            event_type=event_type,
+            payload=payload,
+            correlation_id=self.correlation_id,
+            causation_id=self.event_id,
+            traceparent=self.traceparent,
+            **fields,
+        )
+
+    def with_producer(self, producer: str) -> Envelope:
+        return replace(self, producer=producer)
+
+    def resource(self) -> Mapping[str, Any]:
+        """The single resource inside ``event`` (e.g. the productOrder), or an empty mapping."""
+        for value in self.payload.values():
+            if isinstance(value, Mapping):
+                return value
+        return {}
+
+    def to_tmf(self) -> dict[str, Any]:
+        """The TMF notification body (v4 and v5 share it); ``timeOccurred`` as written by v5."""
+        body: dict[str, Any] = dict(self.extra)
+        body.update(
+            {
+                "@type": self.type_ or self.event_type,
+                "eventId": self.event_id,
+                "eventTime": format_time(self.event_time),
+                "eventType": self.event_type,
+                "correlationId": self.correlation_id or None,
+                "domain": self.domain or None,
+                "title": self.title or None,
+                "description": self.description or None,
+                "priority": self.priority or None,
+                "timeOccurred": format_time(self.time_occurred or self.event_time),
+                "source": self.source,
+                "reportingSystem": self.reporting_system,
+                "@baseType": self.base_type or None,
+                "event": dict(self.payload),
+            }
+        )
+        return {key: value for key, value in body.items() if value is not None}
+
+    @classmethod
+    def from_tmf(cls, body: Mapping[str, Any], **fields: Any) -> Envelope:
+        """An envelope from a TMF notification body; accepts both timeOccurred and timeOcurred."""
+        known = {
+            "@type", "eventId", "eventTime", "eventType", "correlationId", "domain", "title",
+            "description", "priority", "timeOccurred", "timeOcurred", "source", "reportingSystem",
+            "@baseType", "event",
+        }  # fmt: skip
+        try:
+            event_type = str(body["eventType"])
+            payload = body["event"]
+            if not isinstance(payload, Mapping):
+                raise TypeError("'event' must be an object")
+            occurred = body.get("timeOccurred") or body.get("timeOcurred")
+            values: dict[str, Any] = {
+                "event_type": event_type,
+                "payload": payload,
+                "event_id": str(body.get("eventId") or new_id()),
+                "event_time": parse_time(body["eventTime"]) if body.get("eventTime") else utcnow(),
+                "time_occurred": parse_time(occurred) if occurred else None,
+                "correlation_id": str(body.get("correlationId") or ""),
+                "domain": str(body.get("domain") or ""),
+                "title": str(body.get("title") or ""),
+                "description": str(body.get("description") or ""),
+                "priority": str(body.get("priority") or ""),
+                "source": body.get("source"),
+                "reporting_system": body.get("reportingSystem"),
+                "type_": str(body.get("@type") or ""),
+                "base_type": str(body.get("@baseType") or ""),
+                "extra": {k: v for k, v in body.items() if k not in known},
+            }
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MalformedMessage(f"not a TMF notification: {exc}") from exc
+        if "entity_key" not in fields:
+            fields["entity_key"] = str(_resource_id(payload) or values["event_id"])
+        values.update(fields)
+        return cls(**values)
+
+
+def _resource_id(payload: Mapping[str, Any]) -> str | None:
+    for value in payload.values():
+        if isinstance(value, Mapping) and value.get("id"):
+            return str(value["id"])
+    return None
+
+
+def encode(envelope: Envelope, topic: str, *, produced_at: datetime | None = None) -> Message:
+    """The wire form of ``envelope`` on ``topic``."""
+    headers = {
+        Header.EVENT_ID: envelope.event_id,
+        Header.EVENT_TYPE: envelope.event_type,
+        Header.SCHEMA_VERSION: str(envelope.schema_version),
+        Header.CATEGORY: envelope.category.value,
+        Header.CORRELATION_ID: envelope.correlation_id,
+        Header.CAUSATION_ID: envelope.causation_id,
+        Header.TRACEPARENT: envelope.traceparent,
+        Header.PRODUCER: envelope.producer,
+        Header.PRODUCED_AT: format_time(produced_at or utcnow()),
+        Header.ENTITY_KEY: envelope.entity_key,
+    }
+    return Message(
+        topic=topic,
+        key=envelope.entity_key,
+        headers={str(k): v for k, v in headers.items()},
+        value=orjson.dumps(envelope.to_tmf()),
+    )
+
+
+def decode(message: Message) -> Envelope:
+    """The envelope in ``message``; MalformedMessage if it is not one (never any other error)."""
+    try:
+        body = orjson.loads(message.value)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedMessage(f"body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise MalformedMessage("body is not a JSON object")
+    headers = message.headers
+    event_id = headers.get(Header.EVENT_ID) or body.get("eventId")
+    if not event_id:
+        raise MalformedMessage("message has no eventId (header or body)")
+    try:
+        version = int(headers.get(Header.SCHEMA_VERSION) or 1)
+        category = Category(headers.get(Header.CATEGORY) or Category.DOMAIN.value)
+    except ValueError as exc:
+        raise MalformedMessage(f"bad header: {exc}") from exc
+    return Envelope.from_tmf(
+        body,
+        event_id=str(event_id),
+        entity_key=headers.get(Header.ENTITY_KEY) or message.key,
+        schema_version=version,
+        category=category,
+        causation_id=headers.get(Header.CAUSATION_ID, ""),
+        traceparent=headers.get(Header.TRACEPARENT, ""),
+        producer=headers.get(Header.PRODUCER, ""),
+    )

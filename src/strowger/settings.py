@@ -1,0 +1,130 @@
+"""One settings object for the whole platform.
+
+Values come from ``STROWGER_*`` environment variables, then an optional
+``strowger.toml`` (path in ``STROWGER_CONFIG``), then the defaults below: the
+embedded platform on SQLite under ``./var``. Backends are chosen by URL.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from strowger.errors import ConfigError
+
+DatabaseKind = Literal["sqlite", "postgresql"]
+BusKind = Literal["embedded", "kafka", "rabbitmq"]
+
+_DATABASE_FORM = "sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
+_BUS_FORM = "embedded://, kafka://HOST:PORT[,HOST:PORT] or amqp://USER:PASSWORD@HOST:PORT/VHOST"
+
+
+def database_kind(url: str) -> DatabaseKind:
+    """The database backend a URL names, or ConfigError."""
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite" and parts.path not in ("", "/"):
+        return "sqlite"
+    if parts.scheme in ("postgresql", "postgres") and parts.hostname and parts.path.strip("/"):
+        return "postgresql"
+    raise ConfigError("STROWGER_DATABASE_URL", _DATABASE_FORM, url)
+
+
+def bus_kind(url: str) -> BusKind:
+    """The bus backend a URL names, or ConfigError."""
+    parts = urlsplit(url)
+    if parts.scheme == "embedded":
+        return "embedded"
+    if parts.scheme == "kafka" and parts.netloc:
+        return "kafka"
+    if parts.scheme in ("amqp", "amqps") and parts.hostname:
+        return "rabbitmq"
+    raise ConfigError("STROWGER_BUS_URL", _BUS_FORM, url)
+
+
+def sqlite_path(url: str) -> Path:
+    """The file a ``sqlite:///relative`` or ``sqlite:////absolute`` URL points to."""
+    # sqlite:///var/x.db has path "/var/x.db" (relative: three slashes);
+    # sqlite:////tmp/x.db has path "//tmp/x.db" (absolute: four slashes).
+    return Path(urlsplit(url).path[1:])
+
+
+class Settings(BaseSettings):
+    """Platform settings; see docs/architecture.md for every field."""
+
+    model_config = SettingsConfigDict(env_prefix="STROWGER_", extra="forbid", frozen=True)
+
+    database_url: str = "sqlite:///var/strowger.db"
+    bus_url: str = "embedded://"
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    component: str = "all"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = True
+    # Retry backoff of a failing handler, in seconds; then the dead-letter queue.
+    retry_backoff: tuple[float, ...] = (1.0, 5.0, 30.0)
+    outbox_poll_interval: float = Field(0.5, gt=0)
+    retention_days: float = Field(7.0, gt=0)
+    # Webhook callbacks to these networks are allowed despite the SSRF guard.
+    hub_allowed_networks: tuple[str, ...] = ()
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        database_kind(value)
+        return value
+
+    @field_validator("bus_url")
+    @classmethod
+    def _bus_url(cls, value: str) -> str:
+        bus_kind(value)
+        return value
+
+    @property
+    def database(self) -> DatabaseKind:
+        return database_kind(self.database_url)
+
+    @property
+    def bus(self) -> BusKind:
+        return bus_kind(self.bus_url)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = os.environ.get("STROWGER_CONFIG", "strowger.toml")
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=toml_file),
+        )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment and strowger.toml; a bad value raises ConfigError naming it."""
+    try:
+        return Settings(**overrides)
+    except ConfigError:
+        raise
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"]) or "settings"
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        setting = f"STROWGER_{field.upper()}"
+        raise ConfigError(setting, error["msg"].lower(), error.get("input")) from None

@@ -1,0 +1,128 @@
+"""PostgreSQL adapter of the database port (psycopg 3, async, pooled).
+
+SQL is written with ``?`` placeholders for both backends; this adapter turns
+them into psycopg's ``%s`` once per statement text and caches the result.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from strowger.errors import ConcurrencyConflict, ServiceUnavailable
+from strowger.store.db import Database, Params, Row, Transaction
+
+
+@functools.lru_cache(maxsize=4096)
+def to_psycopg(sql: str) -> str:
+    """``?`` placeholders to ``%s`` (a literal ``%`` is escaped first)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class PostgresTransaction(Transaction):
+    def __init__(self, connection: psycopg.AsyncConnection[Any]) -> None:
+        self._connection = connection
+        self.after_commit: list[Callable[[], None]] = []
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        cursor = await self._connection.execute(to_psycopg(sql), params)
+        return cursor.rowcount
+
+    async def executemany(self, sql: str, rows: Iterable[Params]) -> None:
+        async with self._connection.cursor() as cursor:
+            await cursor.executemany(to_psycopg(sql), list(rows))
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        cursor = await self._connection.execute(to_psycopg(sql), params)
+        return await cursor.fetchall()
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        cursor = await self._connection.execute(to_psycopg(sql), params)
+        return await cursor.fetchone()
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        self.after_commit.append(callback)
+
+
+class PostgresDatabase(Database):
+    kind = "postgresql"
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10, schema: str | None = None) -> None:
+        self.url = url.replace("postgres://", "postgresql://", 1)
+        self.schema = schema
+        self._pool: AsyncConnectionPool | None = None
+        self._min_size = min_size
+        self._max_size = max_size
+
+    async def _configure(self, connection: psycopg.AsyncConnection[Any]) -> None:
+        if self.schema:
+            await connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            await connection.execute(f'SET search_path TO "{self.schema}"')
+        await connection.commit()
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        pool: AsyncConnectionPool = AsyncConnectionPool(
+            self.url,
+            min_size=self._min_size,
+            max_size=self._max_size,
+            open=False,
+            configure=self._configure,
+            kwargs={"autocommit": False},
+        )
+        try:
+            await pool.open(wait=True, timeout=10)
+        except Exception as exc:
+            await pool.close()
+            raise ServiceUnavailable(f"cannot connect to PostgreSQL at {_redact(self.url)}: {exc}") from exc
+        self._pool = pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        if self._pool is None:
+            await self.open()
+        assert self._pool is not None
+        tx: PostgresTransaction
+        try:
+            async with self._pool.connection() as connection, connection.transaction():
+                tx = PostgresTransaction(connection)
+                yield tx
+        except psycopg.errors.SerializationFailure as exc:
+            raise ConcurrencyConflict(str(exc)) from exc
+        except psycopg.OperationalError as exc:
+            raise ServiceUnavailable(f"PostgreSQL: {exc}") from exc
+        for callback in tx.after_commit:
+            callback()
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[Transaction]:
+        if self._pool is None:
+            await self.open()
+        assert self._pool is not None
+        try:
+            async with self._pool.connection() as connection, connection.transaction():
+                yield PostgresTransaction(connection)
+        except psycopg.OperationalError as exc:
+            raise ServiceUnavailable(f"PostgreSQL: {exc}") from exc
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for error messages and logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
