@@ -19,7 +19,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-err_console = Console(stderr=True)
+
+
+def _mount_subcommands() -> None:
+    from strowger.bench.cli import bench_app
+
+    app.add_typer(bench_app, name="bench")
+
+
+_mount_subcommands()
 
 
 def settings_or_exit(**overrides: object) -> Settings:
@@ -27,7 +35,7 @@ def settings_or_exit(**overrides: object) -> Settings:
     try:
         return load_settings(**overrides)
     except ConfigError as exc:
-        err_console.print(f"[bold red]configuration error[/]: {exc}", highlight=False)
+        typer.echo(f"strowger: configuration error: {exc}", err=True)  # one line, never wrapped
         raise typer.Exit(code=2) from None
 
 
@@ -87,7 +95,7 @@ def main() -> None:
     try:
         app()
     except ConfigError as exc:  # a setting read outside settings_or_exit
-        err_console.print(f"[bold red]configuration error[/]: {exc}", highlight=False)
+        typer.echo(f"strowger: configuration error: {exc}", err=True)
         sys.exit(2)
 
 

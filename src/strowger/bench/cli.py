@@ -1,0 +1,75 @@
+"""`strowger bench …`: each prints a readable table and, with --json, one JSON object as its last line."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from strowger.bench.machine import machine_info
+
+bench_app = typer.Typer(help="Benchmarks: Strowger and a peer measured side by side in the same run.")
+console = Console()
+
+ProgressCallback = Callable[[str, float], None]
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+
+
+def run_with_progress(work: Callable[[ProgressCallback], Any], total: float = 1.0) -> Any:
+    """Run ``work(progress)``; ``progress(description, fraction_done)`` drives one bar."""
+    with progress_bar() as bar:
+        task = bar.add_task("starting", total=total)
+
+        def advance(description: str, fraction: float) -> None:
+            bar.update(task, description=description, completed=fraction * total)
+
+        return work(advance)
+
+
+def report(result: dict[str, Any], table: Table, as_json: bool) -> None:
+    """The table for people, then (with --json) the whole result on one last line for scripts."""
+    result.setdefault("machine", machine_info())
+    console.print(table)
+    machine = result["machine"]
+    console.print(
+        f"machine: {machine['cpu']} x{machine['cpus']}, {machine['memory_gib']} GiB, "
+        f"{machine['os']}, Python {machine['python']}",
+        highlight=False,
+    )
+    if as_json:
+        print(orjson.dumps(result).decode())
+
+
+@bench_app.command("store")
+def bench_store(
+    db: Annotated[str, typer.Option(help="sqlite or postgres")] = "sqlite",
+    iterations: Annotated[int, typer.Option(min=10, help="operations per figure")] = 500,
+    as_json: Annotated[bool, typer.Option("--json", help="print every figure as one JSON line last")] = False,
+) -> None:
+    """Event store: Strowger against the eventsourcing library, same database, same workload."""
+    if db not in ("sqlite", "postgres"):
+        raise typer.BadParameter("expected sqlite or postgres", param_hint="--db")
+    from strowger.bench.store import render_table, run_store_bench
+
+    result = run_with_progress(lambda progress: run_store_bench(db, iterations, progress))
+    report(result, render_table(result), as_json)
+
+
+def run_async(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)

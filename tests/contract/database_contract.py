@@ -1,0 +1,74 @@
+"""The database port's contract, subclassed for SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+
+from strowger.store.db import Database, TableSet
+
+NOTES = TableSet(
+    "notes",
+    sqlite=[
+        "CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL UNIQUE)"
+    ],
+    postgresql=["CREATE TABLE IF NOT EXISTS notes (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL UNIQUE)"],
+)
+
+
+class DatabaseContract:
+    @pytest.fixture
+    def database(self) -> Database:
+        raise NotImplementedError
+
+    async def test_committed_writes_are_visible_to_readers(self, database: Database) -> None:
+        await database.create_tables(NOTES)
+        async with database.transaction() as tx:
+            assert await tx.execute("INSERT INTO notes (body) VALUES (?)", ("first",)) == 1
+            await tx.executemany("INSERT INTO notes (body) VALUES (?)", [("second",), ("third",)])
+        rows = await database.fetchall("SELECT body FROM notes ORDER BY id")
+        assert [row[0] for row in rows] == ["first", "second", "third"]
+
+    async def test_an_exception_rolls_the_whole_transaction_back(self, database: Database) -> None:
+        await database.create_tables(NOTES)
+        with pytest.raises(RuntimeError):
+            async with database.transaction() as tx:
+                await tx.execute("INSERT INTO notes (body) VALUES (?)", ("lost",))
+                raise RuntimeError("boom")
+        assert await database.fetchone("SELECT COUNT(*) FROM notes") == (0,)
+
+    async def test_on_commit_callbacks_run_after_commit_only(self, database: Database) -> None:
+        await database.create_tables(NOTES)
+        calls: list[str] = []
+        async with database.transaction() as tx:
+            await tx.execute("INSERT INTO notes (body) VALUES (?)", ("x",))
+            tx.on_commit(lambda: calls.append("committed"))
+            assert calls == []
+        assert calls == ["committed"]
+        with pytest.raises(RuntimeError):
+            async with database.transaction() as tx:
+                tx.on_commit(lambda: calls.append("rolled back"))
+                raise RuntimeError
+        assert calls == ["committed"]
+
+    async def test_placeholders_and_percent_signs_are_handled(self, database: Database) -> None:
+        await database.create_tables(NOTES)
+        async with database.transaction() as tx:
+            await tx.execute("INSERT INTO notes (body) VALUES (?)", ("50% off",))
+            row = await tx.fetchone("SELECT body FROM notes WHERE body LIKE '%off' AND id > ?", (0,))
+        assert row == ("50% off",)
+
+    async def test_savepoints_undo_part_of_a_transaction(self, database: Database) -> None:
+        await database.create_tables(NOTES)
+        async with database.transaction() as tx:
+            await tx.execute("INSERT INTO notes (body) VALUES (?)", ("kept",))
+            await tx.execute("SAVEPOINT one")
+            await tx.execute("INSERT INTO notes (body) VALUES (?)", ("undone",))
+            await tx.execute("ROLLBACK TO SAVEPOINT one")
+            await tx.execute("RELEASE SAVEPOINT one")
+        rows = await database.fetchall("SELECT body FROM notes")
+        assert rows == [("kept",)]
+
+    async def test_create_tables_is_idempotent(self, database: Database) -> None:
+        await database.create_tables(NOTES)
+        await database.create_tables(NOTES)
+        assert await database.fetchone("SELECT COUNT(*) FROM notes") == (0,)

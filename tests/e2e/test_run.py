@@ -1,0 +1,63 @@
+"""`strowger run all` as `make run` starts it: one process, SQLite under ./var, Ctrl-C stops it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.test_cli import STROWGER
+
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_until_healthy(base: str, process: subprocess.Popen[str], seconds: float = 30) -> httpx.Response:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = process.stderr.read() if process.stderr else ""
+            pytest.fail(f"strowger exited early with {process.returncode}: {output}")
+        try:
+            return httpx.get(f"{base}/health", timeout=1)
+        except httpx.TransportError:
+            time.sleep(0.2)
+    pytest.fail("strowger did not answer /health in time")
+
+
+def test_run_serves_health_on_sqlite_under_var_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "STROWGER_CONFIG": "/nonexistent.toml", "STROWGER_PORT": str(port)}
+    env.pop("STROWGER_DATABASE_URL", None)
+    env.pop("STROWGER_BUS_URL", None)
+    process = subprocess.Popen(
+        [STROWGER, "run", "all"], cwd=tmp_path, env=env, text=True, stderr=subprocess.PIPE
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        health = wait_until_healthy(base, process)
+        assert health.status_code == 200
+        assert health.json()["status"] == "ok"
+        ready = httpx.get(f"{base}/ready", timeout=5)
+        assert ready.json() == {"status": "ready", "database": "sqlite", "bus": "embedded"}
+        assert (tmp_path / "var" / "strowger.db").exists()
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            pytest.fail("strowger did not stop within 20s of Ctrl-C")
+    assert process.returncode == 0
+    assert "Traceback" not in (process.stderr.read() if process.stderr else "")

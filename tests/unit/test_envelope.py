@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from strowger.errors import MalformedMessage
+from strowger.events.envelope import Category, Envelope, Header, Message, decode, encode
+
+
+def order_event(**fields: object) -> Envelope:
+    return Envelope(
+        event_type="ProductOrderStateChangeEvent",
+        payload={"productOrder": {"id": "PO-1", "state": "completed", "@type": "ProductOrder"}},
+        entity_key="PO-1",
+        correlation_id="corr-1",
+        producer="ordering",
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def test_encode_puts_routing_information_in_headers() -> None:
+    message = encode(order_event(causation_id="cause-1", traceparent="00-abc-def-01"), "bss.ordering.events")
+    assert message.topic == "bss.ordering.events"
+    assert message.key == "PO-1"
+    headers = message.headers
+    assert headers[Header.EVENT_TYPE] == "ProductOrderStateChangeEvent"
+    assert headers[Header.CORRELATION_ID] == "corr-1"
+    assert headers[Header.CAUSATION_ID] == "cause-1"
+    assert headers[Header.TRACEPARENT] == "00-abc-def-01"
+    assert headers[Header.SCHEMA_VERSION] == "1"
+    assert headers[Header.PRODUCER] == "ordering"
+    assert headers[Header.PRODUCED_AT].endswith("Z")
+
+
+def test_the_body_is_a_tmf_notification() -> None:
+    body = orjson.loads(encode(order_event(), "t").value)
+    assert body["eventType"] == "ProductOrderStateChangeEvent"
+    assert body["@type"] == "ProductOrderStateChangeEvent"
+    assert body["event"]["productOrder"]["state"] == "completed"
+    assert body["timeOccurred"] and body["eventTime"] and body["eventId"]
+
+
+def test_round_trip_keeps_every_field() -> None:
+    original = order_event(domain="bss", title="t", priority="Normal", causation_id="c")
+    again = decode(encode(original, "t"))
+    assert again.event_id == original.event_id
+    assert again.event_type == original.event_type
+    assert again.payload == original.payload
+    assert again.entity_key == "PO-1"
+    assert (again.correlation_id, again.causation_id) == ("corr-1", "c")
+    assert (again.domain, again.title, again.priority) == ("bss", "t", "Normal")
+    assert again.category is Category.DOMAIN
+
+
+def test_the_specs_misspelt_time_ocurred_is_accepted() -> None:
+    body = {
+        "eventId": "e1",
+        "eventType": "ProductOrderCreateEvent",
+        "timeOcurred": "2026-03-15T10:00:00Z",
+        "event": {"productOrder": {"id": "PO-9"}},
+    }
+    envelope = Envelope.from_tmf(body)
+    assert envelope.time_occurred is not None and envelope.time_occurred.day == 15
+    assert envelope.entity_key == "PO-9"
+
+
+def test_unknown_tmf_fields_survive_a_round_trip() -> None:
+    body = {"eventId": "e1", "eventType": "X", "event": {"x": {"id": "1"}}, "relatedParty": [{"id": "C"}]}
+    assert Envelope.from_tmf(body).to_tmf()["relatedParty"] == [{"id": "C"}]
+
+
+@pytest.mark.parametrize(
+    ("value", "headers", "reason"),
+    [
+        (b"not json", {"eventId": "e"}, "not JSON"),
+        (b"[1, 2]", {"eventId": "e"}, "not a JSON object"),
+        (b'{"eventType": "X", "event": {}}', {}, "no eventId"),
+        (b'{"eventId": "e", "event": {}}', {}, "eventType"),
+        (b'{"eventId": "e", "eventType": "X", "event": []}', {}, "'event' must be an object"),
+        (b'{"eventId": "e", "eventType": "X", "event": {}}', {"schemaVersion": "v2"}, "bad header"),
+    ],
+)
+def test_malformed_messages_raise_only_malformed_message(
+    value: bytes, headers: dict[str, str], reason: str
+) -> None:
+    with pytest.raises(MalformedMessage, match=reason):
+        decode(Message(topic="t", key="k", headers=headers, value=value))
+
+
+def test_a_caused_event_inherits_correlation_and_links_its_cause() -> None:
+    cause = order_event(traceparent="00-trace-span-01")
+    effect = cause.caused("ServiceOrderCreateEvent", {"serviceOrder": {"id": "SO-1"}})
+    assert effect.correlation_id == cause.correlation_id
+    assert effect.causation_id == cause.event_id
+    assert effect.traceparent == cause.traceparent
+    assert effect.entity_key == "PO-1"
+    assert effect.event_id != cause.event_id

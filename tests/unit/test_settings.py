@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from strowger.errors import ConfigError
+from strowger.settings import bus_kind, database_kind, load_settings, sqlite_path
+
+
+def test_defaults_are_the_embedded_platform(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("STROWGER_DATABASE_URL", "STROWGER_BUS_URL", "STROWGER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("STROWGER_CONFIG", "/nonexistent/strowger.toml")
+    settings = load_settings()
+    assert settings.database == "sqlite"
+    assert settings.bus == "embedded"
+    assert (settings.host, settings.port) == ("127.0.0.1", 8080)
+
+
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [
+        ("sqlite:///var/strowger.db", "sqlite"),
+        ("sqlite:////tmp/strowger.db", "sqlite"),
+        ("postgresql://strowger:secret@127.0.0.1:5432/strowger", "postgresql"),
+        ("postgres://u@db.example/strowger", "postgresql"),
+    ],
+)
+def test_database_urls_name_their_backend(url: str, kind: str) -> None:
+    assert database_kind(url) == kind
+
+
+@pytest.mark.parametrize(
+    "url", ["", "mysql://x/y", "sqlite://", "postgresql://", "postgresql://host", "var/strowger.db"]
+)
+def test_malformed_database_urls_are_refused_with_the_expected_form(url: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        database_kind(url)
+    assert raised.value.setting == "STROWGER_DATABASE_URL"
+    assert "postgresql://" in str(raised.value) and "sqlite:///" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [
+        ("embedded://", "embedded"),
+        ("kafka://127.0.0.1:9092", "kafka"),
+        ("kafka://a:9092,b:9092", "kafka"),
+        ("amqp://guest:guest@127.0.0.1:5672/", "rabbitmq"),
+        ("amqps://u:p@mq.example:5671/prod", "rabbitmq"),
+    ],
+)
+def test_bus_urls_name_their_backend(url: str, kind: str) -> None:
+    assert bus_kind(url) == kind
+
+
+@pytest.mark.parametrize("url", ["", "kafka://", "amqp://", "redis://x", "nats://127.0.0.1"])
+def test_malformed_bus_urls_are_refused(url: str) -> None:
+    with pytest.raises(ConfigError, match="STROWGER_BUS_URL"):
+        bus_kind(url)
+
+
+def test_sqlite_paths_follow_the_three_and_four_slash_convention() -> None:
+    assert sqlite_path("sqlite:///var/strowger.db") == Path("var/strowger.db")
+    assert sqlite_path("sqlite:////tmp/strowger.db") == Path("/tmp/strowger.db")
+
+
+def test_environment_overrides_and_bad_values_name_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STROWGER_PORT", "not-a-port")
+    with pytest.raises(ConfigError, match="STROWGER_PORT"):
+        load_settings()
+    monkeypatch.setenv("STROWGER_PORT", "9090")
+    assert load_settings().port == 9090
+
+
+def test_a_toml_file_is_read_when_present(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "strowger.toml"
+    config.write_text('bus_url = "kafka://127.0.0.1:9092"\nport = 8181\n')
+    monkeypatch.setenv("STROWGER_CONFIG", str(config))
+    monkeypatch.delenv("STROWGER_BUS_URL", raising=False)
+    monkeypatch.delenv("STROWGER_PORT", raising=False)
+    settings = load_settings()
+    assert (settings.bus, settings.port) == ("kafka", 8181)
+
+
+def test_unknown_toml_keys_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "strowger.toml"
+    config.write_text('databse_url = "sqlite:///x.db"\n')
+    monkeypatch.setenv("STROWGER_CONFIG", str(config))
+    with pytest.raises(ConfigError, match="STROWGER_DATABSE_URL"):
+        load_settings()
