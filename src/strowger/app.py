@@ -6,10 +6,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse, ORJSONResponse
+from fastapi.responses import HTMLResponse
 
 from strowger import __version__
 from strowger.bootstrap import Platform
+from strowger.tmf.errors import JsonResponse
 
 
 def create_app(platform: Platform) -> FastAPI:
@@ -26,7 +27,7 @@ def create_app(platform: Platform) -> FastAPI:
     app = FastAPI(
         title="Strowger",
         version=__version__,
-        default_response_class=ORJSONResponse,
+        default_response_class=JsonResponse,
         lifespan=lifespan,
     )
     app.state.platform = platform
@@ -37,15 +38,15 @@ def create_app(platform: Platform) -> FastAPI:
         return {"status": "ok", "version": __version__}
 
     @app.get("/ready", tags=["operations"])
-    async def ready() -> ORJSONResponse:
+    async def ready() -> JsonResponse:
         """Readiness: the platform has started and its database answers."""
         if not platform.started:
-            return ORJSONResponse({"status": "starting"}, status_code=503)
+            return JsonResponse({"status": "starting"}, status_code=503)
         try:
             await platform.database.fetchone("SELECT 1")
         except Exception as exc:
-            return ORJSONResponse({"status": "unavailable", "reason": str(exc)}, status_code=503)
-        return ORJSONResponse(
+            return JsonResponse({"status": "unavailable", "reason": str(exc)}, status_code=503)
+        return JsonResponse(
             {"status": "ready", "database": platform.database.kind, "bus": platform.bus.kind}
         )
 

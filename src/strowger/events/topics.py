@@ -23,6 +23,7 @@ class Topic:
 CATALOG_EVENTS = Topic("bss.catalog.events", Category.DOMAIN)
 ORDERING_EVENTS = Topic("bss.ordering.events", Category.DOMAIN)
 BILLING_EVENTS = Topic("bss.billing.events", Category.DOMAIN)
+INVENTORY_EVENTS = Topic("bss.inventory.events", Category.DOMAIN)
 SERVICE_EVENTS = Topic("oss.service.events", Category.DOMAIN)
 RESOURCE_EVENTS = Topic("oss.resource.events", Category.DOMAIN)
 SERVICE_COMMANDS = Topic("oss.service.commands", Category.COMMAND, replayable=False)
@@ -36,6 +37,7 @@ ALL_TOPICS: tuple[Topic, ...] = (
     CATALOG_EVENTS,
     ORDERING_EVENTS,
     BILLING_EVENTS,
+    INVENTORY_EVENTS,
     SERVICE_EVENTS,
     RESOURCE_EVENTS,
     SERVICE_COMMANDS,

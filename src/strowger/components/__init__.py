@@ -1,0 +1,1 @@
+"""Strowger's business components (catalog, ordering, inventory...), each serving its TMF APIs."""

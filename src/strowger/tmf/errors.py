@@ -1,0 +1,153 @@
+"""TMF630 error responses: one exception type, one body shape, one route class that never leaks a 500.
+
+Every TMF API answers an error with the TMF ``Error`` resource::
+
+    {"code": "invalidBodyField", "reason": "...", "message": "...", "status": "400", "@type": "Error"}
+
+``status`` is a string, as the TMF schema declares it. :class:`TmfRoute` turns
+every exception raised while serving a request (ours, FastAPI's request
+validation, HTTPException, a bug) into that body, so a router built with it is
+self-contained: it behaves the same whichever application includes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import orjson
+from fastapi import HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+
+from strowger.errors import ConcurrencyConflict, InvalidStateTransition, NotFound
+
+log = logging.getLogger("strowger.tmf")
+
+
+class JsonResponse(Response):
+    """A JSON response rendered with orjson (FastAPI deprecates its ORJSONResponse)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+class ApiError(Exception):
+    """An error answered to the client as a TMF ``Error`` body with HTTP ``status``."""
+
+    status = 500
+    code = "internalError"
+    reason = "Internal error"
+
+    def __init__(self, message: str, *, field: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if code is not None:
+            self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.status, self.code, self.reason, self.message)
+
+
+class BadRequest(ApiError):
+    """The request is malformed: bad JSON, wrong type, missing or read-only field, bad query."""
+
+    status = 400
+    code = "invalidRequest"
+    reason = "Bad request"
+
+
+class ResourceNotFound(ApiError):
+    status = 404
+    code = "notFound"
+    reason = "Resource not found"
+
+
+class Conflict(ApiError):
+    """The request is well formed but not allowed in the resource's current state."""
+
+    status = 409
+    code = "conflict"
+    reason = "Conflict with the resource's current state"
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+    code = "payloadTooLarge"
+    reason = "Request body too large"
+
+
+class UnsupportedMediaType(ApiError):
+    status = 415
+    code = "unsupportedMediaType"
+    reason = "Unsupported content type"
+
+
+def error_body(status: int, code: str, reason: str, message: str) -> dict[str, Any]:
+    """The TMF Error resource."""
+    return {"code": code, "reason": reason, "message": message, "status": str(status), "@type": "Error"}
+
+
+def error_response(error: ApiError) -> JsonResponse:
+    return JsonResponse(error.body(), status_code=error.status)
+
+
+def as_api_error(exc: Exception) -> ApiError:
+    """The TMF error to answer for ``exc`` (anything unknown is a logged 500 without details)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, RequestValidationError):
+        return _validation_error(exc)
+    if isinstance(exc, HTTPException):
+        return _http_error(exc)
+    if isinstance(exc, NotFound):
+        return ResourceNotFound(str(exc))
+    if isinstance(exc, ConcurrencyConflict):
+        return Conflict(f"{exc}; read the resource again and retry", code="staleVersion")
+    if isinstance(exc, InvalidStateTransition):
+        return Conflict(str(exc), code="invalidStateTransition")
+    log.exception("unexpected error while serving a TMF request", exc_info=exc)
+    return ApiError("The server failed to process the request; it has been logged.")
+
+
+def _validation_error(exc: RequestValidationError) -> BadRequest:
+    first = exc.errors()[0] if exc.errors() else {}
+    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
+    field = ".".join(location) or None
+    detail = first.get("msg", "invalid request")
+    message = f"{field}: {detail}" if field else str(detail)
+    return BadRequest(message, field=field, code="invalidParameter")
+
+
+def _http_error(exc: HTTPException) -> ApiError:
+    error = ApiError(str(exc.detail), code=f"http{exc.status_code}")
+    error.status = exc.status_code
+    error.reason = "Request refused"
+    return error
+
+
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+class TmfRoute(APIRoute):
+    """An APIRoute that answers every failure with a TMF Error body (never a bare 500 page).
+
+    Installed per router (``APIRouter(route_class=TmfRoute)``) rather than as
+    application exception handlers, so the TMF error contract travels with
+    the router into whatever application includes it.
+    """
+
+    def get_route_handler(self) -> Handler:
+        serve = super().get_route_handler()
+
+        async def handler(request: Request) -> Response:
+            try:
+                return await serve(request)
+            except Exception as exc:
+                return error_response(as_api_error(exc))
+
+        return handler

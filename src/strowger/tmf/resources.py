@@ -1,0 +1,367 @@
+"""Generic TMF resources: a document store on the database port, the CRUD rules of TMF630, events.
+
+A TMF API is declared, not coded: a :class:`TmfApi` lists its
+:class:`ResourceType` s (name, JSON Schema, read-only fields, lifecycle,
+events) and :func:`tmf_router` serves them with the TMF630 conventions. Writes
+run in one database transaction that also receives the TMF events through an
+:class:`EventSink`, so a resource change and its ``...CreateEvent`` commit
+together (the sink is the transactional outbox in production).
+
+Documents are stored whole as JSON: unknown attributes, ``@type``,
+``@baseType`` and ``@schemaLocation`` survive every round trip (TMF's open
+content model). Filtering runs in Python after a per-collection SQL prefilter;
+:meth:`ResourceCollection.select` is the seam where it can move to SQL later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+import orjson
+from jsonschema import Draft4Validator
+
+from strowger.errors import ConcurrencyConflict
+from strowger.events.envelope import Envelope, format_time, new_id, utcnow
+from strowger.store.db import Database, TableSet, Transaction
+from strowger.tmf.errors import BadRequest, Conflict, ResourceNotFound
+from strowger.tmf.patch import apply_patch, changed_fields
+from strowger.tmf.query import Page, ResourceQuery, apply_query
+
+Document = dict[str, Any]
+
+RESOURCE_TABLES = TableSet(
+    name="tmf-resources",
+    sqlite=[
+        """CREATE TABLE IF NOT EXISTS tmf_resource (
+            collection TEXT NOT NULL,
+            id TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (collection, id))""",
+    ],
+    postgresql=[
+        """CREATE TABLE IF NOT EXISTS tmf_resource (
+            collection TEXT NOT NULL,
+            id TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            body JSONB NOT NULL,
+            PRIMARY KEY (collection, id))""",
+    ],
+)
+
+
+class EventSink(Protocol):
+    """Where TMF events go; ``emit`` runs inside the transaction that changed the resource."""
+
+    async def emit(self, tx: Transaction, envelope: Envelope, topic: str) -> None:
+        """Record ``envelope`` for ``topic`` as part of ``tx`` (committed or rolled back with it)."""
+
+
+class TableGuard:
+    """Creates a set of tables once per database, on first use (routers are built synchronously)."""
+
+    def __init__(self, database: Database, *table_sets: TableSet) -> None:
+        self._database = database
+        self._table_sets = table_sets
+        self._ready = False
+        self._lock = asyncio.Lock()
+
+    async def ensure(self) -> None:
+        if self._ready:
+            return
+        async with self._lock:
+            if not self._ready:
+                await self._database.create_tables(*self._table_sets)
+                self._ready = True
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    document: Document
+    version: int
+
+
+def _load_body(raw: Any) -> Document:
+    # PostgreSQL returns JSONB already decoded; SQLite returns the text.
+    body = orjson.loads(raw) if isinstance(raw, str | bytes) else raw
+    if not isinstance(body, dict):
+        raise TypeError(f"stored resource is not a JSON object: {type(body).__name__}")
+    return body
+
+
+class ResourceCollection:
+    """The documents of one resource type, keyed by id, on the database port."""
+
+    def __init__(self, database: Database, name: str) -> None:
+        self.database = database
+        self.name = name
+
+    async def get(self, resource_id: str) -> Document | None:
+        row = await self.database.fetchone(
+            "SELECT body FROM tmf_resource WHERE collection = ? AND id = ?", (self.name, resource_id)
+        )
+        return _load_body(row[0]) if row else None
+
+    async def select(self, query: ResourceQuery) -> Page:
+        """The page of documents ``query`` asks for, in creation order unless it sorts."""
+        rows = await self.database.fetchall(
+            "SELECT body FROM tmf_resource WHERE collection = ? ORDER BY created_at, id", (self.name,)
+        )
+        return apply_query((_load_body(row[0]) for row in rows), query)
+
+    async def load(self, tx: Transaction, resource_id: str) -> Stored | None:
+        row = await tx.fetchone(
+            "SELECT body, version FROM tmf_resource WHERE collection = ? AND id = ?",
+            (self.name, resource_id),
+        )
+        return Stored(_load_body(row[0]), int(row[1])) if row else None
+
+    async def add(self, tx: Transaction, document: Mapping[str, Any], created_at: datetime) -> None:
+        await tx.execute(
+            "INSERT INTO tmf_resource (collection, id, version, created_at, body) VALUES (?, ?, 1, ?, ?)",
+            (self.name, document["id"], format_time(created_at), orjson.dumps(document).decode()),
+        )
+
+    async def replace(self, tx: Transaction, document: Mapping[str, Any], expected_version: int) -> None:
+        """Store a new version; ConcurrencyConflict if another writer stored one since it was read."""
+        changed = await tx.execute(
+            "UPDATE tmf_resource SET body = ?, version = version + 1"
+            " WHERE collection = ? AND id = ? AND version = ?",
+            (orjson.dumps(document).decode(), self.name, document["id"], expected_version),
+        )
+        if changed != 1:
+            raise ConcurrencyConflict(f"{self.name}/{document['id']} was changed concurrently")
+
+    async def remove(self, tx: Transaction, resource_id: str) -> bool:
+        changed = await tx.execute(
+            "DELETE FROM tmf_resource WHERE collection = ? AND id = ?", (self.name, resource_id)
+        )
+        return changed == 1
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """The states of a status attribute and the moves allowed between them (others answer 409)."""
+
+    attribute: str
+    initial: str
+    transitions: Mapping[str, frozenset[str]]
+
+    @property
+    def states(self) -> frozenset[str]:
+        return frozenset(self.transitions) | frozenset().union(*self.transitions.values())
+
+    def check_known(self, state: Any) -> None:
+        if state not in self.states:
+            allowed = ", ".join(sorted(self.states))
+            raise BadRequest(
+                f"{self.attribute}: {state!r} is not a known state (one of {allowed})",
+                field=self.attribute,
+                code="invalidBodyField",
+            )
+
+    def check_move(self, before: Any, after: Any) -> None:
+        self.check_known(after)
+        if after != before and after not in self.transitions.get(before, frozenset()):
+            allowed = sorted(self.transitions.get(before, frozenset()))
+            hint = f"allowed next: {', '.join(allowed)}" if allowed else f"{before!r} is final"
+            raise Conflict(
+                f"{self.attribute} cannot change from {before!r} to {after!r} ({hint})",
+                field=self.attribute,
+                code="invalidStateTransition",
+            )
+
+
+class EventKind(enum.StrEnum):
+    CREATE = "Create"
+    ATTRIBUTE_VALUE_CHANGE = "AttributeValueChange"
+    STATE_CHANGE = "StateChange"
+    DELETE = "Delete"
+
+
+Validator = Callable[[Mapping[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class ResourceType:
+    """One TMF resource: its path segment, @type, validation, read-only fields, lifecycle and events."""
+
+    name: str  # path segment and event payload key, e.g. "productOffering"
+    type_name: str  # @type and event name prefix, e.g. "ProductOffering"
+    validate: Validator | None = None  # raises BadRequest naming the field
+    read_only: frozenset[str] = frozenset({"id", "href"})
+    last_update: str | None = "lastUpdate"  # attribute the server stamps on every write
+    lifecycle: Lifecycle | None = None
+    events: frozenset[EventKind] = frozenset(EventKind)
+    schema_name: str | None = None  # OpenAPI component describing the resource
+
+    def event_type(self, kind: EventKind) -> str:
+        return f"{self.type_name}{kind.value}Event"
+
+
+@dataclass(frozen=True)
+class TmfApi:
+    """A TMF API served under ``base_path``: its resources, where its events go, its OpenAPI."""
+
+    name: str  # e.g. "productCatalogManagement"
+    base_path: str  # e.g. "/tmf-api/productCatalogManagement/v4"
+    title: str
+    version: str
+    resources: Sequence[ResourceType]
+    topic: str
+    producer: str
+    schemas: Mapping[str, Any] = field(default_factory=dict)  # OpenAPI components.schemas
+    max_body_bytes: int = 1 << 20
+
+
+class ResourceService:
+    """The TMF630 write rules for one resource type, events emitted in the same transaction."""
+
+    def __init__(self, api: TmfApi, resource: ResourceType, database: Database, sink: EventSink) -> None:
+        self.api = api
+        self.resource = resource
+        self.database = database
+        self.sink = sink
+        self.collection = ResourceCollection(database, f"{api.name}/{resource.name}")
+        self.tables = TableGuard(database, RESOURCE_TABLES)
+
+    def href(self, resource_id: str) -> str:
+        return f"{self.api.base_path}/{self.resource.name}/{resource_id}"
+
+    async def get(self, resource_id: str) -> Document:
+        await self.tables.ensure()
+        document = await self.collection.get(resource_id)
+        if document is None:
+            raise self._not_found(resource_id)
+        return document
+
+    async def list(self, query: ResourceQuery) -> Page:
+        await self.tables.ensure()
+        return await self.collection.select(query)
+
+    async def create(self, body: Mapping[str, Any]) -> Document:
+        """Store a new resource from a POST body: id, href, @type and defaults set by the server."""
+        refused = sorted(self.resource.read_only & set(body))
+        if refused:
+            raise BadRequest(f"{refused[0]} is set by the server", field=refused[0], code="readOnlyField")
+        now = utcnow()
+        resource_id = new_id()
+        document: Document = {"id": resource_id, "href": self.href(resource_id), **body}
+        document.setdefault("@type", self.resource.type_name)
+        self._stamp(document, now)
+        lifecycle = self.resource.lifecycle
+        if lifecycle is not None:
+            document.setdefault(lifecycle.attribute, lifecycle.initial)
+            lifecycle.check_known(document[lifecycle.attribute])
+        self._validate(document)
+        await self.tables.ensure()
+        async with self.database.transaction() as tx:
+            await self.collection.add(tx, document, now)
+            await self._emit(tx, EventKind.CREATE, document, now)
+        return document
+
+    async def patch(self, resource_id: str, patch: Any, media_type: str) -> Document:
+        """Apply a PATCH; read-only fields answer 400, illegal lifecycle moves 409."""
+        await self.tables.ensure()
+        async with self.database.transaction() as tx:
+            stored = await self.collection.load(tx, resource_id)
+            if stored is None:
+                raise self._not_found(resource_id)
+            before = stored.document
+            after = apply_patch(before, patch, media_type)
+            changed = changed_fields(before, after)
+            self._check_writable(changed)
+            if not changed:
+                return before
+            lifecycle = self.resource.lifecycle
+            state_changed = lifecycle is not None and lifecycle.attribute in changed
+            if lifecycle is not None and state_changed:
+                lifecycle.check_move(before.get(lifecycle.attribute), after.get(lifecycle.attribute))
+            now = utcnow()
+            self._stamp(after, now)
+            self._validate(after)
+            await self.collection.replace(tx, after, stored.version)
+            if state_changed:
+                await self._emit(tx, EventKind.STATE_CHANGE, after, now)
+            attributes = [name for name in changed if not (lifecycle and name == lifecycle.attribute)]
+            if attributes:
+                await self._emit(tx, EventKind.ATTRIBUTE_VALUE_CHANGE, after, now, attributes)
+        return after
+
+    async def delete(self, resource_id: str) -> None:
+        await self.tables.ensure()
+        async with self.database.transaction() as tx:
+            stored = await self.collection.load(tx, resource_id)
+            if stored is None or not await self.collection.remove(tx, resource_id):
+                raise self._not_found(resource_id)
+            await self._emit(tx, EventKind.DELETE, stored.document, utcnow())
+
+    def _check_writable(self, changed: Sequence[str]) -> None:
+        managed = set(self.resource.read_only)
+        if self.resource.last_update:
+            managed.add(self.resource.last_update)
+        for name in changed:
+            if name in managed:
+                raise BadRequest(f"{name} is read-only", field=name, code="readOnlyField")
+
+    def _stamp(self, document: Document, now: datetime) -> None:
+        if self.resource.last_update:
+            document[self.resource.last_update] = format_time(now)
+
+    def _validate(self, document: Mapping[str, Any]) -> None:
+        if self.resource.validate is not None:
+            self.resource.validate(document)
+
+    def _not_found(self, resource_id: str) -> ResourceNotFound:
+        return ResourceNotFound(f"no {self.resource.name} with id {resource_id!r}")
+
+    async def _emit(
+        self,
+        tx: Transaction,
+        kind: EventKind,
+        document: Document,
+        now: datetime,
+        field_path: Sequence[str] = (),
+    ) -> None:
+        if kind not in self.resource.events:
+            return
+        envelope = Envelope(
+            event_type=self.resource.event_type(kind),
+            payload={self.resource.name: document},
+            entity_key=str(document["id"]),
+            event_time=now,
+            producer=self.api.producer,
+            domain=self.api.name,
+            title=f"{self.resource.type_name} {kind.value}",
+            extra={"fieldPath": ",".join(field_path)} if field_path else {},
+        )
+        await self.sink.emit(tx, envelope, self.api.topic)
+
+
+def schema_validator(definitions: Mapping[str, Any], name: str) -> Validator:
+    """A validator for the JSON Schema ``definitions[name]`` (Swagger 2 definitions are draft 4).
+
+    The error names the offending field as a dotted path (``validFor.startDateTime``).
+    """
+    validator = Draft4Validator({"$ref": f"#/definitions/{name}", "definitions": definitions})
+
+    def validate(document: Mapping[str, Any]) -> None:
+        error = next(iter(sorted(validator.iter_errors(document), key=lambda e: list(e.path))), None)
+        if error is None:
+            return
+        path = [str(part) for part in error.absolute_path]
+        if error.validator == "required" and isinstance(error.instance, Mapping):
+            missing = [n for n in error.validator_value if n not in error.instance]
+            path.append(str(missing[0]) if missing else "")
+            raise BadRequest(f"{'.'.join(path)} is required", field=".".join(path), code="missingBodyField")
+        name = ".".join(path) or "body"
+        raise BadRequest(f"{name}: {error.message}", field=name, code="invalidBodyField")
+
+    return validate

@@ -1,0 +1,226 @@
+"""The HTTP face of a :class:`TmfApi`: one FastAPI router with CRUD, ``/hub`` and ``/openapi.json``.
+
+Bodies are read and parsed here, not by FastAPI, so the TMF630 rules hold for
+every input: a body over ``max_body_bytes`` is 413, a content type the route
+does not take is 415, malformed JSON is 400 — all with the TMF Error body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+from fastapi.openapi.utils import get_openapi
+
+from strowger.store.db import Database
+from strowger.tmf.errors import (
+    BadRequest,
+    JsonResponse,
+    PayloadTooLarge,
+    TmfRoute,
+    UnsupportedMediaType,
+    error_body,
+)
+from strowger.tmf.hubs import CallbackGuard, HubStore, subscription_from_body, subscription_not_found
+from strowger.tmf.patch import JSON, PATCH_MEDIA_TYPES
+from strowger.tmf.query import ResourceQuery, parse_fields, parse_query, select_fields
+from strowger.tmf.resources import EventSink, ResourceService, ResourceType, TmfApi
+
+
+def tmf_router(api: TmfApi, database: Database, sink: EventSink, guard: CallbackGuard) -> APIRouter:
+    """A router serving ``api`` under its base path; include it in any FastAPI application."""
+    router = APIRouter(prefix=api.base_path, route_class=TmfRoute, default_response_class=JsonResponse)
+    for resource in api.resources:
+        _add_resource_routes(router, ResourceService(api, resource, database, sink))
+    _add_hub_routes(router, api, HubStore(database, api.name), guard)
+    _add_openapi_route(router, api)
+    return router
+
+
+async def read_json(request: Request, limit: int, media_types: tuple[str, ...] = (JSON,)) -> tuple[Any, str]:
+    """The parsed body and its media type; 413, 415 or 400 (naming the problem) otherwise."""
+    media_type = request.headers.get("content-type", JSON).split(";")[0].strip().lower() or JSON
+    if media_type not in media_types:
+        raise UnsupportedMediaType(f"expected {' or '.join(media_types)}, got {media_type!r}")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the body may be at most {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body may be at most {limit} bytes")
+        chunks.append(chunk)
+    try:
+        return orjson.loads(b"".join(chunks)), media_type
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}", code="invalidBody") from None
+
+
+def _object(body: Any) -> Mapping[str, Any]:
+    if not isinstance(body, Mapping):
+        raise BadRequest("the body must be a JSON object", code="invalidBody")
+    return body
+
+
+def _fields(request: Request) -> ResourceQuery:
+    text = request.query_params.get("fields")
+    return ResourceQuery(fields=parse_fields(text) if text is not None else None)
+
+
+def _add_resource_routes(router: APIRouter, service: ResourceService) -> None:
+    resource = service.resource
+    path, item = f"/{resource.name}", f"/{resource.name}/{{id}}"
+    tag = resource.type_name
+    limit = service.api.max_body_bytes
+    docs = _operation_docs(resource)
+
+    @router.get(
+        path, tags=[tag], summary=f"List or find {resource.type_name} objects", openapi_extra=docs["list"]
+    )
+    async def list_resources(request: Request) -> Response:
+        page = await service.list(parse_query(request.query_params.multi_items()))
+        headers = {"X-Total-Count": str(page.total), "X-Result-Count": str(len(page.items))}
+        return JsonResponse(page.items, headers=headers)
+
+    @router.post(path, tags=[tag], summary=f"Create a {resource.type_name}", openapi_extra=docs["create"])
+    async def create_resource(request: Request) -> Response:
+        body, _ = await read_json(request, limit)
+        document = await service.create(_object(body))
+        return JsonResponse(document, status_code=201, headers={"Location": str(document["href"])})
+
+    @router.get(item, tags=[tag], summary=f"Retrieve a {resource.type_name} by id", openapi_extra=docs["get"])
+    async def get_resource(id: str, request: Request) -> Response:
+        document = await service.get(id)
+        return JsonResponse(select_fields(document, _fields(request).fields))
+
+    @router.patch(item, tags=[tag], summary=f"Update a {resource.type_name}", openapi_extra=docs["patch"])
+    async def patch_resource(id: str, request: Request) -> Response:
+        body, media_type = await read_json(request, limit, PATCH_MEDIA_TYPES)
+        return JsonResponse(await service.patch(id, body, media_type))
+
+    @router.delete(item, tags=[tag], summary=f"Delete a {resource.type_name}", status_code=204)
+    async def delete_resource(id: str) -> Response:
+        await service.delete(id)
+        return Response(status_code=204)
+
+
+def _add_hub_routes(router: APIRouter, api: TmfApi, store: HubStore, guard: CallbackGuard) -> None:
+    docs = _hub_docs()
+
+    @router.post("/hub", tags=["events subscription"], summary="Register a listener", openapi_extra=docs)
+    async def register_listener(request: Request) -> Response:
+        body, _ = await read_json(request, api.max_body_bytes)
+        callback, query, secret = await subscription_from_body(body, guard)
+        subscription = await store.add(callback, query, secret)
+        location = f"{api.base_path}/hub/{subscription.id}"
+        return JsonResponse(subscription.to_tmf(), status_code=201, headers={"Location": location})
+
+    @router.get("/hub/{id}", tags=["events subscription"], summary="Retrieve a listener")
+    async def get_listener(id: str) -> Response:
+        subscription = await store.get(id)
+        if subscription is None:
+            raise subscription_not_found(id)
+        return JsonResponse(subscription.to_tmf())
+
+    @router.delete(
+        "/hub/{id}", tags=["events subscription"], summary="Unregister a listener", status_code=204
+    )
+    async def unregister_listener(id: str) -> Response:
+        if not await store.remove(id):
+            raise subscription_not_found(id)
+        return Response(status_code=204)
+
+
+def _add_openapi_route(router: APIRouter, api: TmfApi) -> None:
+    @router.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> Response:
+        routes = [route for route in router.routes if getattr(route, "include_in_schema", False)]
+        document = get_openapi(title=api.title, version=api.version, routes=routes)
+        components = document.setdefault("components", {})
+        components.setdefault("schemas", {}).update(api.schemas)
+        components["schemas"].setdefault("Error", _ERROR_SCHEMA)
+        return JsonResponse(document)
+
+
+# --- OpenAPI descriptions (bodies are parsed by hand, so they are declared here) ----------------
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["code", "reason"],
+    "properties": {name: {"type": "string"} for name in ("code", "reason", "message", "status", "@type")},
+    "example": error_body(404, "notFound", "Resource not found", "no productOffering with id 'x'"),
+}
+_QUERY_PARAMETERS = [
+    {
+        "name": "fields",
+        "in": "query",
+        "schema": {"type": "string"},
+        "description": "Comma-separated properties",
+    },
+    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+    {"name": "sort", "in": "query", "schema": {"type": "string"}, "description": "e.g. name,-lastUpdate"},
+]
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {
+        str(status): {"description": "Error", "content": {"application/json": {"schema": _ref("Error")}}}
+        for status in statuses
+    }
+
+
+def _operation_docs(resource: ResourceType) -> dict[str, dict[str, Any]]:
+    schema = resource.schema_name or resource.type_name
+    one = {"application/json": {"schema": _ref(schema)}}
+    return {
+        "list": {
+            "parameters": _QUERY_PARAMETERS,
+            "responses": {
+                "200": {"content": {"application/json": {"schema": {"type": "array", "items": _ref(schema)}}}}
+            }
+            | _errors(400),
+        },
+        "create": {
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref(f"{schema}_Create")}},
+            },
+            "responses": {"201": {"description": "Created", "content": one}} | _errors(400, 413, 415),
+        },
+        "get": {"parameters": _QUERY_PARAMETERS[:1], "responses": {"200": {"content": one}} | _errors(404)},
+        "patch": {
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/merge-patch+json": {"schema": _ref(f"{schema}_Update")},
+                    "application/json": {"schema": _ref(f"{schema}_Update")},
+                    "application/json-patch+json": {"schema": {"type": "array", "items": {"type": "object"}}},
+                },
+            },
+            "responses": {"200": {"content": one}} | _errors(400, 404, 409, 413, 415),
+        },
+    }
+
+
+def _hub_docs() -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _ref("EventSubscriptionInput")}},
+        },
+        "responses": {
+            "201": {
+                "description": "Subscribed",
+                "content": {"application/json": {"schema": _ref("EventSubscription")}},
+            }
+        }
+        | _errors(400),
+    }

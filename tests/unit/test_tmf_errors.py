@@ -1,0 +1,93 @@
+"""TMF Error bodies: every failure of a TMF route, expected or not, answers the TMF shape."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from fastapi import APIRouter, FastAPI, HTTPException
+
+from strowger.errors import ConcurrencyConflict
+from strowger.tmf.errors import BadRequest, Conflict, TmfRoute, as_api_error, error_body
+from strowger.tmf.resources import Lifecycle, schema_validator
+
+
+def app_with_failures() -> FastAPI:
+    router = APIRouter(route_class=TmfRoute)
+
+    @router.get("/bug")
+    async def bug() -> None:
+        raise RuntimeError("secret internal detail")
+
+    @router.get("/teapot")
+    async def teapot() -> None:
+        raise HTTPException(418, "short and stout")
+
+    @router.get("/typed/{number}")
+    async def typed(number: int) -> int:
+        return number
+
+    app = FastAPI()
+    app.include_router(router)
+    return app
+
+
+async def get(path: str) -> httpx.Response:
+    transport = httpx.ASGITransport(app_with_failures(), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        return await client.get(path)
+
+
+async def test_a_bug_is_a_500_error_body_without_details(caplog: pytest.LogCaptureFixture) -> None:
+    response = await get("/bug")
+    assert response.status_code == 500
+    assert response.json()["status"] == "500" and "secret" not in response.text
+    assert "secret internal detail" in caplog.text  # logged for the operator
+
+
+async def test_http_exceptions_and_validation_errors_keep_the_tmf_shape() -> None:
+    teapot = await get("/teapot")
+    assert teapot.status_code == 418 and teapot.json()["message"] == "short and stout"
+    typed = await get("/typed/abc")
+    assert typed.status_code == 400
+    assert typed.json()["message"].startswith("number:")
+    assert set(typed.json()) == {"code", "reason", "message", "status", "@type"}
+
+
+def test_domain_errors_map_to_http_statuses() -> None:
+    assert as_api_error(ConcurrencyConflict("x")).status == 409
+    assert error_body(404, "notFound", "Not found", "m") == {
+        "code": "notFound",
+        "reason": "Not found",
+        "message": "m",
+        "status": "404",
+        "@type": "Error",
+    }
+
+
+def test_lifecycle_moves() -> None:
+    lifecycle = Lifecycle("state", "a", {"a": frozenset({"b"}), "b": frozenset()})
+    lifecycle.check_move("a", "b")
+    lifecycle.check_move("b", "b")  # unchanged is always allowed
+    with pytest.raises(Conflict):
+        lifecycle.check_move("b", "a")
+    with pytest.raises(BadRequest):
+        lifecycle.check_move("a", "z")
+
+
+def test_schema_validator_names_nested_fields() -> None:
+    definitions = {
+        "Thing": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {"name": {"type": "string"}, "period": {"$ref": "#/definitions/Period"}},
+        },
+        "Period": {"type": "object", "properties": {"start": {"type": "string"}}},
+    }
+    validate = schema_validator(definitions, "Thing")
+    validate({"name": "x", "period": {"start": "now"}, "extra": [1]})
+    with pytest.raises(BadRequest) as missing:
+        validate({})
+    assert missing.value.field == "name"
+    with pytest.raises(BadRequest) as wrong:
+        validate({"name": "x", "period": {"start": 1}})
+    assert wrong.value.field == "period.start"
