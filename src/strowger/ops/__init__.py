@@ -1,0 +1,1 @@
+"""Operations: metrics, the schema registry API and other operator-facing surfaces."""
