@@ -1,0 +1,327 @@
+"""The consumer runtime: the ONE place that decodes, filters, dedups, retries, parks,
+dead-letters and acknowledges. Handlers only apply an event; they never ack.
+
+For each batch a :class:`ConsumerRunner` fetched, in ONE database transaction:
+
+1. a type the consumer does not want (``eventType`` header) → acknowledged, not decoded;
+2. not decodable → dead-lettered at once with the reason (never blocks its key);
+3. already in the inbox → no-op (a redelivery);
+4. an earlier event of the same entity is parked or dead → stored behind it;
+5. otherwise the handler runs inside a SAVEPOINT, with the inbox row: a
+   failure rolls back that message alone, which is then dead-lettered
+   (PermanentError) or parked for retry with backoff (anything else).
+
+The transaction commits (effects, inbox rows, outbox rows, parked rows), and
+only then are the deliveries acknowledged: at-least-once, and the inbox makes
+the redelivery after a crash harmless. A retry task in the same runner applies
+parked heads when due, and the rows behind them in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from strowger.bus.port import Bus, Delivery, Subscriber
+from strowger.errors import MalformedMessage, is_transient
+from strowger.events.envelope import Envelope, decode, encode
+from strowger.store.db import Database, Transaction
+from strowger.store.deadletters import PARKED_TABLES, Failure, ParkedMessage, ParkingLot, Status, now
+from strowger.store.inbox import INBOX_TABLES, Inbox
+from strowger.store.outbox import OUTBOX_TABLES, Outbox
+
+log = logging.getLogger("strowger.runtime")
+
+DEFAULT_BACKOFF: tuple[float, ...] = (1.0, 5.0, 30.0)
+
+
+class AckPolicy(enum.Enum):
+    """When a batch is acknowledged to the bus."""
+
+    AFTER_COMMIT = "after-commit"
+    """At-least-once (default): after the handler's transaction committed; redeliveries are absorbed
+    by the inbox."""
+
+    ON_RECEIPT = "on-receipt"
+    """At-most-once: before handling; a crash mid-batch loses that batch. Only for messages where a
+    duplicate is worse than a loss (and the inbox is still written)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UnitOfWork:
+    """What a handler works with: the open transaction, the outbox, and the delivery's metadata."""
+
+    tx: Transaction
+    consumer: str
+    delivery: Delivery
+    outbox: Outbox
+
+    async def emit(self, envelope: Envelope, topic: str) -> None:
+        """Publish ``envelope`` on ``topic`` if, and only if, this unit of work commits."""
+        if not envelope.producer:
+            envelope = envelope.with_producer(self.consumer)
+        await self.outbox.add(self.tx, [encode(envelope, topic)])
+
+
+Handler = Callable[[Envelope, UnitOfWork], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Consumer:
+    """A consumer group and what it does with each event."""
+
+    name: str  # the consumer group; also the inbox and dead-letter owner
+    topics: tuple[str, ...]
+    handler: Handler
+    event_types: frozenset[str] = frozenset()  # empty: every type
+    retry_backoff: tuple[float, ...] = DEFAULT_BACKOFF  # seconds before retry 1, 2, ...; then dead
+    batch_size: int = 100
+    ack_policy: AckPolicy = AckPolicy.AFTER_COMMIT
+
+    def __post_init__(self) -> None:
+        if not self.topics:
+            raise ValueError(f"consumer {self.name!r} reads no topic")
+        if self.batch_size < 1 or any(delay < 0 for delay in self.retry_backoff):
+            raise ValueError(f"consumer {self.name!r}: batch_size >= 1 and backoff delays >= 0")
+
+    def wants(self, event_type: str) -> bool:
+        return not self.event_types or event_type in self.event_types
+
+
+@dataclass
+class RunnerStats:
+    """Counters since the runner started (also useful for metrics)."""
+
+    applied: int = 0
+    duplicates: int = 0
+    filtered: int = 0
+    parked: int = 0
+    blocked: int = 0
+    dead: int = 0
+    retried: int = 0
+    batches: int = 0
+
+
+class ConsumerRunner:
+    """Runs one :class:`Consumer` against a bus and a database until cancelled."""
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        bus: Bus,
+        database: Database,
+        *,
+        outbox: Outbox | None = None,
+        fetch_timeout: float = 1.0,
+        retry_poll_interval: float = 1.0,
+    ) -> None:
+        self.consumer = consumer
+        self.bus = bus
+        self.database = database
+        self.outbox = outbox or Outbox()
+        self.fetch_timeout = fetch_timeout
+        self.retry_poll_interval = retry_poll_interval
+        self.stats = RunnerStats()
+        self.started = asyncio.Event()  # set once the subscriber has joined its group
+        self._inbox = Inbox()
+        self._lot = ParkingLot()
+        self._retry_wakeup = asyncio.Event()
+        self._subscriber: Subscriber | None = None
+        self._log = logging.LoggerAdapter(log, {"consumer": consumer.name})
+
+    @property
+    def name(self) -> str:
+        return self.consumer.name
+
+    @property
+    def _postgresql(self) -> bool:
+        return self.database.kind == "postgresql"
+
+    async def run(self) -> None:
+        """Consume and retry until cancelled; leaves the group (uncommitted work is redelivered) on exit."""
+        await self.database.create_tables(INBOX_TABLES, OUTBOX_TABLES, PARKED_TABLES)
+        subscriber = self.bus.subscriber(self.name, self.consumer.topics)
+        await subscriber.start()
+        self._subscriber = subscriber
+        self.started.set()
+        loops = [
+            asyncio.create_task(self._consume(subscriber), name=f"{self.name}:consume"),
+            asyncio.create_task(self._retry_due(), name=f"{self.name}:retry"),
+        ]
+        try:
+            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # re-raise the loop's own error (not a group) for the supervisor's log
+        finally:
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            self.started.clear()
+            self._subscriber = None
+            await subscriber.stop()
+
+    # The live path -------------------------------------------------------------------------
+
+    async def _consume(self, subscriber: Subscriber) -> None:
+        while True:
+            batch = await subscriber.fetch(self.consumer.batch_size, self.fetch_timeout)
+            if batch:
+                await self.process(subscriber, batch)
+
+    async def process(self, subscriber: Subscriber, batch: Sequence[Delivery]) -> None:
+        """Apply one fetched batch in one transaction, then acknowledge it."""
+        if self.consumer.ack_policy is AckPolicy.ON_RECEIPT:
+            await self._acknowledge(subscriber, batch)
+        async with self.database.transaction() as tx:
+            for delivery in batch:
+                await self._handle(tx, delivery)
+        self.stats.batches += 1
+        if self.consumer.ack_policy is AckPolicy.AFTER_COMMIT:
+            await self._acknowledge(subscriber, batch)
+
+    async def _acknowledge(self, subscriber: Subscriber, batch: Sequence[Delivery]) -> None:
+        await subscriber.commit(batch)
+
+    async def _handle(self, tx: Transaction, delivery: Delivery) -> None:
+        message = delivery.message
+        if not self.consumer.wants(message.event_type):
+            self.stats.filtered += 1
+            return
+        try:
+            envelope = decode(message)
+        except MalformedMessage as malformed:
+            await self._dead_on_arrival(tx, delivery, malformed)
+            return
+        if await self._inbox.seen(tx, self.name, envelope.event_id):
+            self.stats.duplicates += 1
+            return
+        if await self._lot.blocked(tx, self.name, envelope.entity_key, postgresql=self._postgresql):
+            await self._lot.park(
+                tx, self.name, delivery, entity_key=envelope.entity_key, status=Status.BLOCKED
+            )
+            self.stats.blocked += 1
+            return
+        error = await self._apply(tx, envelope, delivery)
+        if error is not None:
+            await self._park_failure(tx, delivery, envelope, error)
+
+    async def _dead_on_arrival(self, tx: Transaction, delivery: Delivery, error: MalformedMessage) -> None:
+        self._log.warning(
+            "dead-lettering malformed message at %s/%d@%d: %s",
+            delivery.message.topic,
+            delivery.partition,
+            delivery.offset,
+            error,
+        )
+        failure = Failure.of(error)
+        await self._lot.park(tx, self.name, delivery, entity_key=None, status=Status.DEAD, failure=failure)
+        self.stats.dead += 1
+
+    async def _park_failure(
+        self, tx: Transaction, delivery: Delivery, envelope: Envelope, error: BaseException
+    ) -> None:
+        failure = Failure.of(error)
+        backoff = self.consumer.retry_backoff
+        if is_transient(error) and backoff:
+            status, next_at = Status.RETRYING, failure.at + backoff[0]
+            self.stats.parked += 1
+            self._retry_wakeup.set()
+        else:
+            status, next_at = Status.DEAD, None
+            self.stats.dead += 1
+        self._log.warning(
+            "%s %s (%s) of %s: %s: %s",
+            "parking" if status is Status.RETRYING else "dead-lettering",
+            envelope.event_id,
+            envelope.event_type,
+            envelope.entity_key,
+            failure.error_type,
+            failure.message,
+        )
+        await self._lot.park(
+            tx,
+            self.name,
+            delivery,
+            entity_key=envelope.entity_key,
+            status=status,
+            failure=failure,
+            next_attempt_at=next_at,
+        )
+
+    async def _apply(self, tx: Transaction, envelope: Envelope, delivery: Delivery) -> BaseException | None:
+        """Run the handler inside a savepoint; returns its error (its effects undone) or None."""
+        await tx.execute("SAVEPOINT strowger_handler")
+        try:
+            if await self._inbox.record(tx, self.name, envelope.event_id):
+                await self.consumer.handler(envelope, UnitOfWork(tx, self.name, delivery, self.outbox))
+                self.stats.applied += 1
+            else:
+                self.stats.duplicates += 1
+        except Exception as error:
+            await tx.execute("ROLLBACK TO SAVEPOINT strowger_handler")
+            await tx.execute("RELEASE SAVEPOINT strowger_handler")
+            return error
+        await tx.execute("RELEASE SAVEPOINT strowger_handler")
+        return None
+
+    # The retry path ------------------------------------------------------------------------
+
+    async def _retry_due(self) -> None:
+        while True:
+            due = await self._lot.due(self.database, self.name)
+            applied = 0
+            for parked_id in due:
+                applied += await self.retry(parked_id)
+            if applied:
+                continue  # the next of an entity's sequence is due now
+            await self._lot.promote_stranded(self.database, self.name)
+            await self._sleep_until_next_retry()
+
+    async def _sleep_until_next_retry(self) -> None:
+        next_at = await self._lot.next_due_at(self.database, self.name)
+        delay = self.retry_poll_interval if next_at is None else next_at - now()
+        delay = min(self.retry_poll_interval, max(0.05, delay))  # a floor: heads locked elsewhere
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._retry_wakeup.wait(), delay)
+        self._retry_wakeup.clear()
+
+    async def retry(self, parked_id: int) -> int:
+        """Try parked head ``parked_id`` once if due; 1 if it was settled (applied or now dead)."""
+        async with self.database.transaction() as tx:
+            head = await self._lot.claim(tx, parked_id, postgresql=self._postgresql)
+            if head is None:
+                return 0
+            self.stats.retried += 1
+            try:
+                envelope = decode(head.message)
+            except MalformedMessage as malformed:
+                await self._failed_again(tx, head, malformed)
+                return 1
+            error = await self._apply(tx, envelope, head.delivery())
+            if error is None:
+                await self._lot.resolve(tx, head)
+                self._log.info("applied parked %s after %d failed attempts", head.event_id, head.attempts)
+                return 1
+            status = await self._failed_again(tx, head, error)
+        return 1 if status is Status.DEAD else 0
+
+    async def _failed_again(self, tx: Transaction, head: ParkedMessage, error: BaseException) -> Status:
+        failure = Failure.of(error)
+        status = await self._lot.failed_again(
+            tx, head, failure, self.consumer.retry_backoff, permanent=not is_transient(error)
+        )
+        if status is Status.DEAD:
+            self.stats.dead += 1
+            self._log.error(
+                "dead-lettering %s (%s) after %d attempts: %s: %s",
+                head.event_id,
+                head.event_type,
+                head.attempts + 1,
+                failure.error_type,
+                failure.message,
+            )
+        return status

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``strowger`` CLI, one typer app per area (mounted by strowger.cli)."""

@@ -1,0 +1,1 @@
+"""Order management: TMF622/641/652 order and item state machines."""

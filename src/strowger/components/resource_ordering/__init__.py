@@ -1,0 +1,1 @@
+"""Resource order management (TMF652) and ROM resource pools."""

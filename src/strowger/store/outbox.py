@@ -1,0 +1,230 @@
+"""The transactional outbox: events are written with the state change, then relayed to the bus.
+
+A component never publishes directly. It writes messages into ``outbox`` inside
+the transaction that changes its state (:meth:`Outbox.add`); the
+:class:`OutboxRelay` publishes committed rows and marks them published. So an
+event exists if and only if the state change committed, and nothing is lost if
+the process dies at any point (at worst a row is published twice; consumers'
+inboxes absorb the duplicate).
+
+Ordering and concurrency (docs/event-backbone.md has the full argument):
+
+* Each row carries an outbox *partition*, ``partition_for(key, partitions)``, so
+  all rows of one entity share one.
+* The relay selects ``published_at IS NULL`` rows in id order, never "rows after
+  the last id seen", so a row whose transaction commits late (PostgreSQL
+  allocates ids before commit) is never skipped.
+* On PostgreSQL a relay claims an outbox partition with
+  ``pg_try_advisory_xact_lock`` for the duration of one batch; several relays
+  (threads, processes, hosts) therefore never publish one entity's rows
+  concurrently or out of order, and they spread the partitions between them.
+* On SQLite the relay's transaction is itself the claim: SQLite has one writer,
+  and ids are allocated at commit order.
+* When the bus is the embedded log in the same database, appending to the log
+  and marking the rows published happen in ONE transaction: exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import orjson
+
+from strowger.bus.embedded import EmbeddedBus
+from strowger.bus.partitioning import partition_for
+from strowger.bus.port import Bus
+from strowger.events.envelope import Message
+from strowger.store.db import Database, Row, TableSet, Transaction
+
+log = logging.getLogger("strowger.outbox")
+
+OUTBOX_PARTITIONS = 16
+ADVISORY_LOCK_CLASS = 0x53545257  # "STRW": the first key of the relay's advisory locks
+
+OUTBOX_TABLES = TableSet(
+    name="outbox",
+    sqlite=[
+        """CREATE TABLE IF NOT EXISTS outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            topic TEXT NOT NULL, key TEXT NOT NULL, headers TEXT NOT NULL, value BLOB NOT NULL,
+            partition INTEGER NOT NULL, created_at REAL NOT NULL, published_at REAL)""",
+        "CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (partition, id) WHERE published_at IS NULL",
+        "CREATE INDEX IF NOT EXISTS outbox_published ON outbox (published_at) WHERE published_at IS NOT NULL",
+    ],
+    postgresql=[
+        """CREATE TABLE IF NOT EXISTS outbox (
+            id BIGSERIAL PRIMARY KEY,
+            topic TEXT NOT NULL, key TEXT NOT NULL, headers TEXT NOT NULL, value BYTEA NOT NULL,
+            partition INTEGER NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+            published_at DOUBLE PRECISION)""",
+        "CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (partition, id) WHERE published_at IS NULL",
+        "CREATE INDEX IF NOT EXISTS outbox_published ON outbox (published_at) WHERE published_at IS NOT NULL",
+    ],
+)
+
+
+def now() -> float:
+    return datetime.now(UTC).timestamp()
+
+
+class Outbox:
+    """Writes messages into the outbox table inside the caller's transaction."""
+
+    def __init__(self, partitions: int = OUTBOX_PARTITIONS) -> None:
+        self.partitions = partitions
+        self._wakeup = asyncio.Event()
+
+    async def add(self, tx: Transaction, messages: Sequence[Message]) -> None:
+        """Store ``messages`` for publishing; they exist only if ``tx`` commits (then the relay wakes)."""
+        if not messages:
+            return
+        created = now()
+        await tx.executemany(
+            "INSERT INTO outbox (topic, key, headers, value, partition, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    m.topic,
+                    m.key,
+                    orjson.dumps(dict(m.headers)).decode(),
+                    m.value,
+                    partition_for(m.key, self.partitions),
+                    created,
+                )
+                for m in messages
+            ],
+        )
+        tx.on_commit(self.wake)
+
+    def wake(self) -> None:
+        """Tell the relays in this process that rows are waiting."""
+        self._wakeup.set()
+
+    async def wait(self, timeout: float) -> None:
+        """Sleep until :meth:`wake` is called or ``timeout`` seconds pass."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), timeout)
+        self._wakeup.clear()
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows to the bus, in id order per entity, then marks them published.
+
+    Wakes when :class:`Outbox` signals a commit in this process and polls every
+    ``poll_interval`` seconds as a fallback (rows written by other processes).
+    Published rows older than ``retention`` are purged every ``purge_interval``.
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        bus: Bus,
+        outbox: Outbox,
+        *,
+        batch_size: int = 500,
+        poll_interval: float = 0.5,
+        retention: timedelta | None = timedelta(days=7),
+        purge_interval: float = 600.0,
+        error_pause: float = 1.0,
+    ) -> None:
+        self.database = database
+        self.bus = bus
+        self.outbox = outbox
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.retention = retention
+        self.purge_interval = purge_interval
+        self.error_pause = error_pause
+        self._same_database = isinstance(bus, EmbeddedBus) and bus.database is database
+
+    async def run(self) -> None:
+        """Relay until cancelled."""
+        await self.database.create_tables(OUTBOX_TABLES)
+        loop = asyncio.get_running_loop()
+        next_purge = loop.time()
+        while True:
+            try:
+                while await self.relay_once() == self.batch_size:
+                    pass  # a full batch: more are probably waiting
+                if self.retention is not None and loop.time() >= next_purge:
+                    await purge(self.database, older_than=self.retention)
+                    next_purge = loop.time() + self.purge_interval
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox relay failed; retrying in %.1fs", self.error_pause)
+                await asyncio.sleep(self.error_pause)
+                continue
+            await self.outbox.wait(self.poll_interval)
+
+    async def relay_once(self) -> int:
+        """Publish what is waiting (one batch per claimable partition); returns how many rows."""
+        if self.database.kind == "sqlite":
+            return await self._relay_batch(partition=None)
+        pending = await self.database.fetchall(
+            "SELECT DISTINCT partition FROM outbox WHERE published_at IS NULL"
+        )
+        published = 0
+        for (partition,) in pending:
+            published += await self._relay_batch(partition=int(partition))
+        return published
+
+    async def _relay_batch(self, partition: int | None) -> int:
+        async with self.database.transaction() as tx:
+            if partition is not None and not await _claim(tx, partition):
+                return 0  # another relay owns this partition right now
+            rows = await _unpublished(tx, partition, self.batch_size)
+            if not rows:
+                return 0
+            messages = [_message(row) for row in rows]
+            if self._same_database:
+                assert isinstance(self.bus, EmbeddedBus)
+                await self.bus.append(tx, messages)
+            else:
+                await self.bus.publish(messages)  # a crash after this and before commit: re-published
+            await tx.executemany(
+                "UPDATE outbox SET published_at = ? WHERE id = ?", [(now(), row[0]) for row in rows]
+            )
+        return len(rows)
+
+
+async def _claim(tx: Transaction, partition: int) -> bool:
+    """Hold the partition's advisory lock until ``tx`` ends (PostgreSQL)."""
+    row = await tx.fetchone("SELECT pg_try_advisory_xact_lock(?, ?)", (ADVISORY_LOCK_CLASS, partition))
+    return bool(row and row[0])
+
+
+async def _unpublished(tx: Transaction, partition: int | None, limit: int) -> list[Row]:
+    columns = "SELECT id, topic, key, headers, value FROM outbox WHERE published_at IS NULL"
+    if partition is None:
+        return await tx.fetchall(f"{columns} ORDER BY id LIMIT ?", (limit,))
+    return await tx.fetchall(f"{columns} AND partition = ? ORDER BY id LIMIT ?", (partition, limit))
+
+
+def _message(row: Row) -> Message:
+    _, topic, key, headers, value = row
+    return Message(topic=topic, key=key, headers=orjson.loads(headers), value=bytes(value))
+
+
+async def purge(database: Database, *, older_than: timedelta) -> tuple[int, int]:
+    """Delete published outbox rows and inbox rows older than ``older_than``; returns both counts.
+
+    An inbox row is only needed while its event may still be redelivered, so the
+    retention must exceed the longest redelivery or replay window you rely on.
+    """
+    from strowger.store.inbox import INBOX_TABLES
+
+    await database.create_tables(OUTBOX_TABLES, INBOX_TABLES)
+    cutoff = now() - older_than.total_seconds()
+    async with database.transaction() as tx:
+        outbox = await tx.execute(
+            "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < ?", (cutoff,)
+        )
+        inbox = await tx.execute("DELETE FROM inbox WHERE processed_at < ?", (cutoff,))
+    if outbox or inbox:
+        log.info("purged %d outbox rows and %d inbox rows older than %s", outbox, inbox, older_than)
+    return outbox, inbox
