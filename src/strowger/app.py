@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from fastapi.responses import HTMLResponse
 
 from strowger import __version__
@@ -46,9 +46,7 @@ def create_app(platform: Platform) -> FastAPI:
             await platform.database.fetchone("SELECT 1")
         except Exception as exc:
             return JsonResponse({"status": "unavailable", "reason": str(exc)}, status_code=503)
-        return JsonResponse(
-            {"status": "ready", "database": platform.database.kind, "bus": platform.bus.kind}
-        )
+        return JsonResponse({"status": "ready", "database": platform.database.kind, "bus": platform.bus.kind})
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> str:
@@ -58,12 +56,23 @@ def create_app(platform: Platform) -> FastAPI:
             f"<body><h1>Strowger {__version__}</h1><ul>{links}</ul></body></html>"
         )
 
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus exposition of this process's metrics."""
+        return Response(platform.metrics.exposition(), media_type=platform.metrics.content_type)
+
     for router in platform.routers:
         app.include_router(router)
+    app.state.index_links = platform.index_links
     return app
 
 
 def _index_links(app: FastAPI) -> list[tuple[str, str]]:
-    links = [("Health", "/health"), ("Readiness", "/ready"), ("OpenAPI", "/openapi.json")]
+    links = [
+        ("Health", "/health"),
+        ("Readiness", "/ready"),
+        ("Metrics", "/metrics"),
+        ("OpenAPI", "/openapi.json"),
+    ]
     links.extend(getattr(app.state, "index_links", []))
     return links

@@ -1,9 +1,9 @@
 """The composition root: the one place that turns settings into running parts.
 
-``Platform`` owns the database, the bus and every long-running task (outbox
-relays, consumers, schedulers). Components register themselves through
-:meth:`Platform.add_task` and :meth:`Platform.add_router`; nothing else in the
-code base constructs adapters.
+``bootstrap(settings)`` builds a :class:`Platform`: the database, the bus, the
+shared outbox and its relay, and every component the settings ask for, each
+contributing its tables, HTTP routers, consumers and background tasks.
+Nothing else in the code base constructs adapters.
 """
 
 from __future__ import annotations
@@ -12,15 +12,35 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from strowger.bus import Bus, open_bus
+from strowger.bus.runtime import Consumer, ConsumerRunner
+from strowger.events.envelope import Envelope, encode
+from strowger.events.topics import ALL_TOPICS
+from strowger.ops.metrics import Metrics
 from strowger.settings import Settings
-from strowger.store.db import Database, open_database
+from strowger.store.db import Database, TableSet, Transaction, open_database
+from strowger.store.outbox import Outbox, OutboxRelay
 
 log = logging.getLogger("strowger.platform")
 
 Task = Callable[[], Awaitable[None]]
+Hook = Callable[[], Awaitable[None]]
+
+
+class OutboxSink:
+    """The EventSink every component emits through: the shared transactional outbox."""
+
+    def __init__(self, outbox: Outbox, producer: str) -> None:
+        self.outbox = outbox
+        self.producer = producer
+
+    async def emit(self, tx: Transaction, envelope: Envelope, topic: str) -> None:
+        if not envelope.producer:
+            envelope = envelope.with_producer(self.producer)
+        await self.outbox.add(tx, [encode(envelope, topic)])
 
 
 @dataclass
@@ -30,26 +50,55 @@ class Platform:
     settings: Settings
     database: Database
     bus: Bus
+    outbox: Outbox = field(default_factory=Outbox)
+    metrics: Metrics = field(default_factory=Metrics)
+    tables: list[TableSet] = field(default_factory=list)
+    startup_hooks: list[Hook] = field(default_factory=list)
     tasks: list[tuple[str, Task]] = field(default_factory=list)
     routers: list[Any] = field(default_factory=list)
-    _running: list[asyncio.Task[None]] = field(default_factory=list)
+    runners: list[ConsumerRunner] = field(default_factory=list)
+    index_links: list[tuple[str, str]] = field(default_factory=list)
     started: bool = False
+    _running: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def sink(self, producer: str) -> OutboxSink:
+        """Where component ``producer`` emits its events (the transactional outbox)."""
+        return OutboxSink(self.outbox, producer)
+
+    def add_tables(self, *table_sets: TableSet) -> None:
+        self.tables.extend(table_sets)
+
+    def on_startup(self, hook: Hook) -> None:
+        """Run ``hook`` once the database and bus are up, before the tasks start."""
+        self.startup_hooks.append(hook)
 
     def add_task(self, name: str, task: Task) -> None:
         """A coroutine run for the life of the platform (a relay, a consumer loop, a scheduler)."""
         self.tasks.append((name, task))
 
-    def add_router(self, router: Any) -> None:
-        """An HTTP router (FastAPI APIRouter) served by the platform."""
+    def add_consumer(self, consumer: Consumer) -> ConsumerRunner:
+        runner = ConsumerRunner(consumer, self.bus, self.database, outbox=self.outbox)
+        self.runners.append(runner)
+        self.add_task(f"consumer:{consumer.name}", runner.run)
+        return runner
+
+    def add_router(self, router: Any, *, title: str | None = None, href: str | None = None) -> None:
+        """An HTTP router (FastAPI APIRouter) served by the platform, listed on the index page if titled."""
         self.routers.append(router)
+        if title and href:
+            self.index_links.append((title, href))
 
     async def start(self) -> None:
         await self.database.open()
+        await self.database.create_tables(*self.tables)
         await self.bus.start()
+        await self.bus.ensure_topics(ALL_TOPICS)
+        for hook in self.startup_hooks:
+            await hook()
         for name, task in self.tasks:
             self._running.append(asyncio.create_task(self._supervise(name, task), name=name))
         self.started = True
-        log.info("platform started", extra={"component": self.settings.component})
+        log.info("platform started", extra={"database": self.database.kind, "bus": self.bus.kind})
 
     async def _supervise(self, name: str, task: Task) -> None:
         """Run ``task``; restart it after a crash (with a pause) instead of letting the process die."""
@@ -64,13 +113,13 @@ class Platform:
                 await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
+        self.started = False
         for running in self._running:
             running.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
         self._running.clear()
         await self.bus.stop()
         await self.database.close()
-        self.started = False
         log.info("platform stopped")
 
 
@@ -78,5 +127,55 @@ def bootstrap(settings: Settings) -> Platform:
     """Build (not start) the platform the settings describe."""
     database = open_database(settings.database_url)
     bus_options: dict[str, Any] = {"database": database} if settings.bus == "embedded" else {}
-    bus = open_bus(settings.bus_url, **bus_options)
-    return Platform(settings=settings, database=database, bus=bus)
+    platform = Platform(settings=settings, database=database, bus=open_bus(settings.bus_url, **bus_options))
+    _backbone(platform)
+    _catalog(platform)
+    _operations(platform)
+    return platform
+
+
+def _backbone(platform: Platform) -> None:
+    from strowger.store.deadletters import PARKED_TABLES
+    from strowger.store.inbox import INBOX_TABLES
+    from strowger.store.outbox import OUTBOX_TABLES
+
+    settings = platform.settings
+    platform.add_tables(OUTBOX_TABLES, INBOX_TABLES, PARKED_TABLES)
+    relay = OutboxRelay(
+        platform.database,
+        platform.bus,
+        platform.outbox,
+        poll_interval=settings.outbox_poll_interval,
+        retention=timedelta(days=settings.retention_days),
+    )
+    platform.add_task("outbox-relay", relay.run)
+
+
+def _catalog(platform: Platform) -> None:
+    from strowger.components.catalog.api import catalog_router
+    from strowger.tmf.hubs import CallbackGuard
+
+    guard = CallbackGuard.from_settings(platform.settings.hub_allowed_networks)
+    platform.add_router(
+        catalog_router(platform.database, platform.sink("catalog"), guard),
+        title="TMF620 Product Catalog (OpenAPI)",
+        href="/tmf-api/productCatalogManagement/v4/openapi.json",
+    )
+
+
+def _operations(platform: Platform) -> None:
+    from strowger.events.registry import SchemaRegistry
+    from strowger.events.schemas import builtin_schemas
+    from strowger.ops.dlq_api import router as dlq_router
+    from strowger.ops.registry_api import asyncapi_router, registry_router
+
+    registry = SchemaRegistry(platform.database)
+
+    async def seed_registry() -> None:
+        await registry.create_tables()
+        await registry.register_all(await asyncio.to_thread(builtin_schemas))
+
+    platform.on_startup(seed_registry)
+    platform.add_router(dlq_router, title="Dead letters", href="/dlq")
+    platform.add_router(registry_router(registry), title="Schema registry", href="/schema-registry/subjects")
+    platform.add_router(asyncapi_router(registry), title="AsyncAPI", href="/asyncapi.json")

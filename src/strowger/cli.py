@@ -23,8 +23,10 @@ console = Console()
 
 def _mount_subcommands() -> None:
     from strowger.bench.cli import bench_app
+    from strowger.commands.dlq import dlq_app
 
     app.add_typer(bench_app, name="bench")
+    app.add_typer(dlq_app, name="dlq")
 
 
 _mount_subcommands()

@@ -59,5 +59,8 @@ def test_run_serves_health_on_sqlite_under_var_and_stops_cleanly_on_ctrl_c(tmp_p
         except subprocess.TimeoutExpired:
             process.kill()
             pytest.fail("strowger did not stop within 20s of Ctrl-C")
-    assert process.returncode == 0
-    assert "Traceback" not in (process.stderr.read() if process.stderr else "")
+    output = process.stderr.read() if process.stderr else ""
+    if process.stderr:
+        process.stderr.close()
+    assert process.returncode == 0, output
+    assert "Traceback" not in output

@@ -76,7 +76,11 @@ class Database(abc.ABC):
 
     @abc.abstractmethod
     def snapshot(self) -> AbstractAsyncContextManager[Transaction]:
-        """A read-only transaction that never blocks writers (a separate connection)."""
+        """A read-only session that never blocks writers (a separate connection).
+
+        On PostgreSQL each statement runs in autocommit and sees what was committed when it
+        started; read several statements together only where that is enough (immutable rows,
+        such as events, or a single query)."""
 
     async def create_tables(self, *table_sets: TableSet) -> None:
         """Create the tables of each set if they do not exist yet."""

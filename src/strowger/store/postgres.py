@@ -56,6 +56,7 @@ class PostgresDatabase(Database):
         self.url = url.replace("postgres://", "postgresql://", 1)
         self.schema = schema
         self._pool: AsyncConnectionPool | None = None
+        self._read_pool: AsyncConnectionPool | None = None
         self._min_size = min_size
         self._max_size = max_size
 
@@ -68,25 +69,32 @@ class PostgresDatabase(Database):
     async def open(self) -> None:
         if self._pool is not None:
             return
+        self._pool = await self._open_pool(autocommit=False, max_size=self._max_size)
+        # Reads outside a write run in autocommit: one round trip per query instead of
+        # BEGIN + query + ROLLBACK. Each statement still sees only committed data.
+        self._read_pool = await self._open_pool(autocommit=True, max_size=max(2, self._max_size // 2))
+
+    async def _open_pool(self, *, autocommit: bool, max_size: int) -> AsyncConnectionPool:
         pool: AsyncConnectionPool = AsyncConnectionPool(
             self.url,
             min_size=self._min_size,
-            max_size=self._max_size,
+            max_size=max_size,
             open=False,
             configure=self._configure,
-            kwargs={"autocommit": False},
+            kwargs={"autocommit": autocommit},
         )
         try:
             await pool.open(wait=True, timeout=10)
         except Exception as exc:
             await pool.close()
             raise ServiceUnavailable(f"cannot connect to PostgreSQL at {_redact(self.url)}: {exc}") from exc
-        self._pool = pool
+        return pool
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        for pool in (self._pool, self._read_pool):
+            if pool is not None:
+                await pool.close()
+        self._pool = self._read_pool = None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
@@ -107,11 +115,11 @@ class PostgresDatabase(Database):
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[Transaction]:
-        if self._pool is None:
+        if self._read_pool is None:
             await self.open()
-        assert self._pool is not None
+        assert self._read_pool is not None
         try:
-            async with self._pool.connection() as connection, connection.transaction():
+            async with self._read_pool.connection() as connection:
                 yield PostgresTransaction(connection)
         except psycopg.OperationalError as exc:
             raise ServiceUnavailable(f"PostgreSQL: {exc}") from exc
