@@ -10,11 +10,17 @@ from fastapi.responses import HTMLResponse
 
 from strowger import __version__
 from strowger.bootstrap import Platform
+from strowger.ops.tracing import TracingMiddleware
+from strowger.security import SecuritySettings, install_security, load_security_settings
 from strowger.tmf.errors import JsonResponse
 
 
-def create_app(platform: Platform) -> FastAPI:
-    """The ASGI application serving ``platform``; starting it starts the platform."""
+def create_app(platform: Platform, security: SecuritySettings | None = None) -> FastAPI:
+    """The ASGI application serving ``platform``; starting it starts the platform.
+
+    Every route but /health and /ready needs credentials (``security``, by default from the
+    STROWGER_SECURITY_* environment); every request gets a span and a correlation id.
+    """
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -64,6 +70,8 @@ def create_app(platform: Platform) -> FastAPI:
     for router in platform.routers:
         app.include_router(router)
     app.state.index_links = platform.index_links
+    install_security(app, security or load_security_settings())
+    app.add_middleware(TracingMiddleware)  # outermost: the correlation id exists before anything else runs
     return app
 
 

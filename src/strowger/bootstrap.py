@@ -28,6 +28,7 @@ log = logging.getLogger("strowger.platform")
 
 Task = Callable[[], Awaitable[None]]
 Hook = Callable[[], Awaitable[None]]
+STOP_TIMEOUT = 10.0  # seconds each task gets to finish its current batch on shutdown
 
 
 class OutboxSink:
@@ -116,7 +117,10 @@ class Platform:
         self.started = False
         for running in self._running:
             running.cancel()
-        await asyncio.gather(*self._running, return_exceptions=True)
+        if self._running:
+            _, stuck = await asyncio.wait(self._running, timeout=STOP_TIMEOUT)
+            for task in stuck:  # a task that ignores cancellation must not hold the process hostage
+                log.error("task %s did not stop within %ss", task.get_name(), STOP_TIMEOUT)
         self._running.clear()
         await self.bus.stop()
         await self.database.close()
@@ -129,7 +133,8 @@ def bootstrap(settings: Settings) -> Platform:
     bus_options: dict[str, Any] = {"database": database} if settings.bus == "embedded" else {}
     platform = Platform(settings=settings, database=database, bus=open_bus(settings.bus_url, **bus_options))
     _backbone(platform)
-    _catalog(platform)
+    _tmf_apis(platform)
+    _ordering(platform)
     _operations(platform)
     return platform
 
@@ -151,16 +156,71 @@ def _backbone(platform: Platform) -> None:
     platform.add_task("outbox-relay", relay.run)
 
 
-def _catalog(platform: Platform) -> None:
-    from strowger.components.catalog.api import catalog_router
+def _tmf_apis(platform: Platform) -> None:
+    """The resource APIs (catalog, inventories, customer bill, events) and webhook delivery of their hubs."""
+    from strowger.components.billing.api import CUSTOMER_BILL_API, customer_bill_router
+    from strowger.components.catalog.api import CATALOG_API, catalog_router
+    from strowger.components.events_api.api import BASE_PATH as EVENT_API_BASE_PATH
+    from strowger.components.events_api.api import event_router
+    from strowger.components.inventory.api import (
+        PRODUCT_INVENTORY_API,
+        RESOURCE_INVENTORY_API,
+        SERVICE_INVENTORY_API,
+        product_inventory_router,
+        resource_inventory_router,
+        service_inventory_router,
+    )
+    from strowger.tmf import delivery
     from strowger.tmf.hubs import CallbackGuard
 
     guard = CallbackGuard.from_settings(platform.settings.hub_allowed_networks)
-    platform.add_router(
-        catalog_router(platform.database, platform.sink("catalog"), guard),
-        title="TMF620 Product Catalog (OpenAPI)",
-        href="/tmf-api/productCatalogManagement/v4/openapi.json",
+    database = platform.database
+    apis = [
+        ("TMF620 Product Catalog", catalog_router, "catalog", CATALOG_API.base_path),
+        ("TMF637 Product Inventory", product_inventory_router, "inventory", PRODUCT_INVENTORY_API.base_path),
+        ("TMF638 Service Inventory", service_inventory_router, "inventory", SERVICE_INVENTORY_API.base_path),
+        (
+            "TMF639 Resource Inventory",
+            resource_inventory_router,
+            "inventory",
+            RESOURCE_INVENTORY_API.base_path,
+        ),
+        ("TMF678 Customer Bill", customer_bill_router, "billing", CUSTOMER_BILL_API.base_path),
+        ("TMF688 Event", event_router, "events", EVENT_API_BASE_PATH),
+    ]
+    for title, router_factory, producer, base_path in apis:
+        platform.add_router(
+            router_factory(database, platform.sink(producer), guard),
+            title=f"{title} (OpenAPI)",
+            href=f"{base_path}/openapi.json",
+        )
+    if platform.settings.sample_catalog:
+        from strowger.components.catalog.seed import load_sample_catalog
+
+        async def seed_catalog() -> None:
+            inserted = await load_sample_catalog(database, platform.sink("catalog"))
+            log.info("sample catalog loaded", extra={"documents": inserted})
+
+        platform.on_startup(seed_catalog)
+    delivery.install(
+        platform,
+        [
+            CATALOG_API,
+            PRODUCT_INVENTORY_API,
+            SERVICE_INVENTORY_API,
+            RESOURCE_INVENTORY_API,
+            CUSTOMER_BILL_API,
+        ],
     )
+
+
+def _ordering(platform: Platform) -> None:
+    """COM (TMF622, event-sourced) and its read side."""
+    from strowger.components.ordering.wiring import install as install_ordering
+    from strowger.projections.wiring import install as install_projections
+
+    install_ordering(platform)
+    install_projections(platform)
 
 
 def _operations(platform: Platform) -> None:
@@ -168,7 +228,11 @@ def _operations(platform: Platform) -> None:
     from strowger.events.schemas import builtin_schemas
     from strowger.ops.dlq_api import router as dlq_router
     from strowger.ops.registry_api import asyncapi_router, registry_router
+    from strowger.ops.trace_timeline import TRACE_TABLES
+    from strowger.ops.trace_timeline import router as trace_router
+    from strowger.security import AUDIT_TABLES
 
+    platform.add_tables(AUDIT_TABLES, TRACE_TABLES)
     registry = SchemaRegistry(platform.database)
 
     async def seed_registry() -> None:
@@ -179,3 +243,4 @@ def _operations(platform: Platform) -> None:
     platform.add_router(dlq_router, title="Dead letters", href="/dlq")
     platform.add_router(registry_router(registry), title="Schema registry", href="/schema-registry/subjects")
     platform.add_router(asyncapi_router(registry), title="AsyncAPI", href="/asyncapi.json")
+    platform.add_router(trace_router)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -24,9 +25,15 @@ console = Console()
 def _mount_subcommands() -> None:
     from strowger.bench.cli import bench_app
     from strowger.commands.dlq import dlq_app
+    from strowger.commands.history import history
+    from strowger.commands.projections import projections_app
+    from strowger.commands.trace import trace
 
     app.add_typer(bench_app, name="bench")
     app.add_typer(dlq_app, name="dlq")
+    app.add_typer(projections_app, name="projections")
+    app.command("trace")(trace)
+    app.command("history")(history)
 
 
 _mount_subcommands()
@@ -75,15 +82,29 @@ def run(
 
     from strowger.app import create_app
     from strowger.bootstrap import bootstrap
+    from strowger.logs import configure_logging
+    from strowger.ops.tracing import configure_tracing
+    from strowger.security import ensure_admin_credentials, install_redaction, load_security_settings
 
+    try:
+        security = load_security_settings()
+    except ConfigError as exc:
+        typer.echo(f"strowger: configuration error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    configure_logging(settings.log_level, json=settings.log_json)
+    install_redaction()
+    configure_tracing()
+    admin_key = ensure_admin_credentials(security, Path("var"))
     platform = bootstrap(settings)
     console.print(
         f"Strowger {__version__}: database [bold]{settings.database}[/], bus [bold]{settings.bus}[/], "
         f"serving on http://{settings.host}:{settings.port} (Ctrl-C stops)",
         highlight=False,
     )
+    if admin_key:
+        console.print(f"admin API key (send as X-API-Key): [bold]{admin_key}[/]", highlight=False)
     uvicorn.run(
-        create_app(platform),
+        create_app(platform, security),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),

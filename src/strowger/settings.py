@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     retry_backoff: tuple[float, ...] = (1.0, 5.0, 30.0)
     outbox_poll_interval: float = Field(0.5, gt=0)
     retention_days: float = Field(7.0, gt=0)
+    # Load the sample telco catalog (fibre, mobile, static IP, bundle) at start when missing.
+    sample_catalog: bool = True
     # Webhook callbacks to these networks are allowed despite the SSRF guard.
     hub_allowed_networks: tuple[str, ...] = ()
 

@@ -71,5 +71,45 @@ def bench_store(
     report(result, render_table(result), as_json)
 
 
+@bench_app.command("bus")
+def bench_bus(
+    backend: Annotated[str, typer.Option(help="embedded, kafka or rabbitmq")] = "embedded",
+    events: Annotated[int, typer.Option(min=100, help="events per throughput figure")] = 20_000,
+    db: Annotated[str, typer.Option(help="sqlite or postgres: inbox, effects, outbox (and embedded log)")] = (
+        "sqlite"
+    ),
+    as_json: Annotated[bool, typer.Option("--json", help="print every figure as one JSON line last")] = False,
+) -> None:
+    """Event bus: Strowger's consume pipeline and outbox relay beside the raw broker client, same run."""
+    from strowger.bench.bus import BACKENDS, DATABASES, render_table, run_bus_bench
+
+    if backend not in BACKENDS:
+        raise typer.BadParameter(f"expected one of {', '.join(BACKENDS)}", param_hint="--backend")
+    if db not in DATABASES:
+        raise typer.BadParameter(f"expected one of {', '.join(DATABASES)}", param_hint="--db")
+    result = run_with_progress(lambda progress: run_bus_bench(backend, events, db, progress))
+    report(result, render_table(result), as_json)
+
+
+@bench_app.command("hub")
+def bench_hub(
+    events: Annotated[int, typer.Option(min=100, help="events, each delivered once")] = 20_000,
+    entities: Annotated[int, typer.Option(min=1, help="distinct entities (delivered in order each)")] = 2_000,
+    concurrency: Annotated[int, typer.Option(min=1, help="concurrent POSTs, both sides")] = 64,
+    db: Annotated[str, typer.Option(help="sqlite or postgres: the delivery queue and embedded log")] = (
+        "sqlite"
+    ),
+    as_json: Annotated[bool, typer.Option("--json", help="print every figure as one JSON line last")] = False,
+) -> None:
+    """TMF hub webhooks: Strowger's delivery path beside a plain httpx loop, same local listener."""
+    if db not in ("sqlite", "postgres"):
+        raise typer.BadParameter("expected sqlite or postgres", param_hint="--db")
+    from strowger.bench.hub import render_table as render_hub_table
+    from strowger.bench.hub import run_hub_bench
+
+    result = run_with_progress(lambda progress: run_hub_bench(db, events, entities, concurrency, progress))
+    report(result, render_hub_table(result), as_json)
+
+
 def run_async(coroutine: Any) -> Any:
     return asyncio.run(coroutine)

@@ -128,7 +128,9 @@ class EmbeddedBus(Bus):
         """Append ``messages`` inside the caller's transaction; durable (and visible) when it commits."""
         now = datetime.now(UTC).timestamp()
         rows: list[tuple[object, ...]] = []
-        for (topic, partition), batch in _by_partition(messages, self.partitions_of).items():
+        # Partitions in a fixed order: concurrent appenders (relays on PostgreSQL) lock their
+        # bus_partitions rows in the same order, so they queue instead of deadlocking.
+        for (topic, partition), batch in sorted(_by_partition(messages, self.partitions_of).items()):
             first = await _reserve_offsets(tx, topic, partition, len(batch))
             for offset, message in enumerate(batch, start=first):
                 headers = orjson.dumps(dict(message.headers)).decode()
@@ -266,7 +268,8 @@ class EmbeddedSubscriber(Subscriber):
             if deliveries or remaining <= 0 or not self._started:
                 return deliveries
             try:
-                await asyncio.wait_for(appended.wait(), remaining)
+                async with asyncio.timeout(remaining):  # not wait_for: it can swallow a cancel (3.11)
+                    await appended.wait()
             except TimeoutError:
                 return []
 

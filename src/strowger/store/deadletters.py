@@ -221,6 +221,17 @@ class ParkingLot:
         query += " FOR SHARE" if postgresql else " LIMIT 1"
         return bool(await tx.fetchall(query, (consumer, entity_key)))
 
+    async def blocked_keys(
+        self, tx: Transaction, consumer: str, entity_keys: Sequence[str], *, postgresql: bool
+    ) -> set[str]:
+        """Which of ``entity_keys`` are blocked for ``consumer``: :meth:`blocked` for a batch, one query."""
+        if not entity_keys:
+            return set()
+        marks = ", ".join("?" * len(entity_keys))
+        query = f"SELECT entity_key FROM parked WHERE consumer = ? AND entity_key IN ({marks})"  # noqa: S608 (placeholders only)
+        query += " FOR SHARE" if postgresql else ""
+        return {str(key) for (key,) in await tx.fetchall(query, (consumer, *entity_keys))}
+
     async def park(
         self,
         tx: Transaction,

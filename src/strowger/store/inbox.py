@@ -6,6 +6,7 @@ that the effect happened commit together or not at all.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from strowger.store.db import TableSet, Transaction
@@ -45,3 +46,34 @@ class Inbox:
             (consumer, event_id, datetime.now(UTC).timestamp()),
         )
         return changed == 1
+
+    async def seen_many(self, tx: Transaction, consumer: str, event_ids: Sequence[str]) -> set[str]:
+        """Which of ``event_ids`` ``consumer`` has already applied (one query)."""
+        if not event_ids:
+            return set()
+        marks = ", ".join("?" * len(event_ids))
+        rows = await tx.fetchall(
+            f"SELECT event_id FROM inbox WHERE consumer = ? AND event_id IN ({marks})",  # noqa: S608 (placeholders only)
+            (consumer, *event_ids),
+        )
+        return {str(event_id) for (event_id,) in rows}
+
+    async def record_many(self, tx: Transaction, consumer: str, event_ids: Sequence[str]) -> set[str]:
+        """Record ``event_ids`` (distinct) in one statement; returns those that were not recorded yet.
+
+        Rows are inserted in sorted order so two members recording overlapping batches on
+        PostgreSQL take their row locks in the same order (no deadlock); a row another
+        transaction is inserting makes this one wait for its outcome, as :meth:`record` does.
+        """
+        if not event_ids:
+            return set()
+        at = datetime.now(UTC).timestamp()
+        ordered = sorted(event_ids)
+        values = ", ".join("(?, ?, ?)" for _ in ordered)
+        params = [value for event_id in ordered for value in (consumer, event_id, at)]
+        rows = await tx.fetchall(
+            f"INSERT INTO inbox (consumer, event_id, processed_at) VALUES {values} "  # noqa: S608 (placeholders only)
+            "ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id",
+            params,
+        )
+        return {str(event_id) for (event_id,) in rows}

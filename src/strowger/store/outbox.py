@@ -107,7 +107,8 @@ class Outbox:
     async def wait(self, timeout: float) -> None:
         """Sleep until :meth:`wake` is called or ``timeout`` seconds pass."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: it can swallow a cancel (3.11)
+                await self._wakeup.wait()
         self._wakeup.clear()
 
 
@@ -117,6 +118,7 @@ class OutboxRelay:
     Wakes when :class:`Outbox` signals a commit in this process and polls every
     ``poll_interval`` seconds as a fallback (rows written by other processes).
     Published rows older than ``retention`` are purged every ``purge_interval``.
+    On PostgreSQL, ``concurrency`` partitions are relayed at once (one pooled connection each).
     """
 
     def __init__(
@@ -130,7 +132,10 @@ class OutboxRelay:
         retention: timedelta | None = timedelta(days=7),
         purge_interval: float = 600.0,
         error_pause: float = 1.0,
+        concurrency: int = 4,
     ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
         self.database = database
         self.bus = bus
         self.outbox = outbox
@@ -139,6 +144,7 @@ class OutboxRelay:
         self.retention = retention
         self.purge_interval = purge_interval
         self.error_pause = error_pause
+        self.concurrency = concurrency
         self._same_database = isinstance(bus, EmbeddedBus) and bus.database is database
 
     async def run(self) -> None:
@@ -148,7 +154,7 @@ class OutboxRelay:
         next_purge = loop.time()
         while True:
             try:
-                while await self.relay_once() == self.batch_size:
+                while self.batch_size in await self._relay_round():
                     pass  # a full batch: more are probably waiting
                 if self.retention is not None and loop.time() >= next_purge:
                     await purge(self.database, older_than=self.retention)
@@ -163,15 +169,31 @@ class OutboxRelay:
 
     async def relay_once(self) -> int:
         """Publish what is waiting (one batch per claimable partition); returns how many rows."""
+        return sum(await self._relay_round())
+
+    async def _relay_round(self) -> list[int]:
+        """One batch per partition with rows waiting; how many rows each batch published.
+
+        On PostgreSQL up to ``concurrency`` partitions are relayed at once, each in its own
+        transaction holding its advisory lock: a partition's rows stay in order, and the
+        bus's confirmation round trips and the UPDATEs of different partitions overlap.
+        """
         if self.database.kind == "sqlite":
-            return await self._relay_batch(partition=None)
+            return [await self._relay_batch(partition=None)]  # one writer: nothing to overlap
         pending = await self.database.fetchall(
             "SELECT DISTINCT partition FROM outbox WHERE published_at IS NULL"
         )
-        published = 0
-        for (partition,) in pending:
-            published += await self._relay_batch(partition=int(partition))
-        return published
+        slots = asyncio.Semaphore(self.concurrency)
+
+        async def relay(partition: int) -> int:
+            async with slots:
+                return await self._relay_batch(partition=partition)
+
+        outcomes = await asyncio.gather(*(relay(int(p)) for (p,) in pending), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome  # the others have finished (committed or rolled back) by now
+        return [outcome for outcome in outcomes if isinstance(outcome, int)]
 
     async def _relay_batch(self, partition: int | None) -> int:
         async with self.database.transaction() as tx:
@@ -186,8 +208,8 @@ class OutboxRelay:
                 await self.bus.append(tx, messages)
             else:
                 await self.bus.publish(messages)  # a crash after this and before commit: re-published
-            await tx.executemany(
-                "UPDATE outbox SET published_at = ? WHERE id = ?", [(now(), row[0]) for row in rows]
+            await _mark_published(
+                tx, [int(row[0]) for row in rows], postgresql=self.database.kind == "postgresql"
             )
         return len(rows)
 
@@ -196,6 +218,15 @@ async def _claim(tx: Transaction, partition: int) -> bool:
     """Hold the partition's advisory lock until ``tx`` ends (PostgreSQL)."""
     row = await tx.fetchone("SELECT pg_try_advisory_xact_lock(?, ?)", (ADVISORY_LOCK_CLASS, partition))
     return bool(row and row[0])
+
+
+async def _mark_published(tx: Transaction, ids: list[int], *, postgresql: bool) -> None:
+    """One statement on PostgreSQL (an array of ids, not a round trip per row); SQLite has no trips."""
+    if postgresql:
+        await tx.execute("UPDATE outbox SET published_at = ? WHERE id = ANY(?)", (now(), ids))
+    else:
+        at = now()
+        await tx.executemany("UPDATE outbox SET published_at = ? WHERE id = ?", [(at, id_) for id_ in ids])
 
 
 async def _unpublished(tx: Transaction, partition: int | None, limit: int) -> list[Row]:

@@ -13,21 +13,35 @@ self-contained: it behaves the same whichever application includes it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
 from fastapi import HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from strowger.errors import ConcurrencyConflict, InvalidStateTransition, NotFound
+from strowger.errors import (
+    ConcurrencyConflict,
+    InvalidStateTransition,
+    NotFound,
+    PermanentError,
+    SchemaViolation,
+    StrowgerError,
+)
 
 log = logging.getLogger("strowger.tmf")
 
 
-class JsonResponse(Response):
-    """A JSON response rendered with orjson (FastAPI deprecates its ORJSONResponse)."""
+class JsonResponse(JSONResponse):
+    """A JSON response rendered with orjson (FastAPI deprecates its ORJSONResponse).
+
+    A JSONResponse subclass so FastAPI documents it as JSON: its placeholder for
+    other response classes (``{"type": "string"}``) would otherwise be merged
+    into the declared response schemas and contradict them.
+    """
 
     media_type = "application/json"
 
@@ -112,6 +126,30 @@ def as_api_error(exc: Exception) -> ApiError:
         return Conflict(str(exc), code="invalidStateTransition")
     log.exception("unexpected error while serving a TMF request", exc_info=exc)
     return ApiError("The server failed to process the request; it has been logged.")
+
+
+def domain_error(error: ApiError) -> StrowgerError:
+    """The platform error for ``error`` raised on a server-side write path (an event handler).
+
+    The consumer runtime retries or dead-letters by class: every refusal the
+    TMF rules make is permanent (the same event would be refused again).
+    """
+    if isinstance(error, ResourceNotFound):
+        return NotFound(error.message)
+    if isinstance(error, Conflict) and error.code == "invalidStateTransition":
+        return InvalidStateTransition(error.message)
+    if isinstance(error, BadRequest):
+        return SchemaViolation(error.message)
+    return PermanentError(f"{error.code}: {error.message}")
+
+
+@contextmanager
+def domain_errors() -> Iterator[None]:
+    """Re-raise TMF API errors as :func:`domain_error` s (for Python callers of the toolkit)."""
+    try:
+        yield
+    except ApiError as exc:
+        raise domain_error(exc) from exc
 
 
 def _validation_error(exc: RequestValidationError) -> BadRequest:

@@ -179,13 +179,19 @@ class UnsafeCallback(BadRequest):
     code = "unsafeCallback"
 
 
+class UnresolvableCallback(UnsafeCallback):
+    """The callback host does not resolve (now): refused at registration, retried at delivery."""
+
+
 async def resolve_host(host: str, port: int) -> list[str]:
     """Every address ``host`` resolves to (the system resolver, off the event loop)."""
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
-        raise UnsafeCallback(f"callback host {host!r} does not resolve: {exc}", field="callback") from exc
+        raise UnresolvableCallback(
+            f"callback host {host!r} does not resolve: {exc}", field="callback"
+        ) from exc
     return [str(info[4][0]) for info in infos]
 
 
@@ -247,7 +253,7 @@ class CallbackGuard:
         except ValueError:
             addresses = await self.resolver(host, port)
         if not addresses:
-            raise UnsafeCallback(f"callback host {host!r} does not resolve", field="callback")
+            raise UnresolvableCallback(f"callback host {host!r} does not resolve", field="callback")
         for address in addresses:
             self.check_address(address)
         return addresses

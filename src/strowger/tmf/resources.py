@@ -20,6 +20,7 @@ import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from importlib.resources import files
 from typing import Any, Protocol
 
 import orjson
@@ -29,7 +30,7 @@ from strowger.errors import ConcurrencyConflict
 from strowger.events.envelope import Envelope, format_time, new_id, utcnow
 from strowger.store.db import Database, TableSet, Transaction
 from strowger.tmf.errors import BadRequest, Conflict, ResourceNotFound
-from strowger.tmf.patch import apply_patch, changed_fields
+from strowger.tmf.patch import MERGE_PATCH, apply_patch, changed_fields
 from strowger.tmf.query import Page, ResourceQuery, apply_query
 
 Document = dict[str, Any]
@@ -179,6 +180,16 @@ class Lifecycle:
             )
 
 
+class Operation(enum.StrEnum):
+    """The TMF630 operations a resource type serves over HTTP (a spec may expose fewer)."""
+
+    LIST = "list"
+    RETRIEVE = "retrieve"
+    CREATE = "create"
+    PATCH = "patch"
+    DELETE = "delete"
+
+
 class EventKind(enum.StrEnum):
     CREATE = "Create"
     ATTRIBUTE_VALUE_CHANGE = "AttributeValueChange"
@@ -201,6 +212,7 @@ class ResourceType:
     lifecycle: Lifecycle | None = None
     events: frozenset[EventKind] = frozenset(EventKind)
     schema_name: str | None = None  # OpenAPI component describing the resource
+    operations: frozenset[Operation] = frozenset(Operation)  # HTTP routes served
 
     def event_type(self, kind: EventKind) -> str:
         return f"{self.type_name}{kind.value}Event"
@@ -251,9 +263,23 @@ class ResourceService:
         refused = sorted(self.resource.read_only & set(body))
         if refused:
             raise BadRequest(f"{refused[0]} is set by the server", field=refused[0], code="readOnlyField")
+        await self.tables.ensure()
+        async with self.database.transaction() as tx:
+            return await self.insert(tx, body)
+
+    async def insert(
+        self, tx: Transaction, body: Mapping[str, Any], *, resource_id: str | None = None
+    ) -> Document:
+        """Store a new resource inside the caller's transaction (server-side writers: no read-only check).
+
+        ``resource_id`` lets a writer keep an id it already owns (a product id
+        chosen by an order); ``id`` and ``href`` in ``body`` are ignored. The
+        tables must exist (``RESOURCE_TABLES``): they cannot be created inside ``tx``.
+        """
         now = utcnow()
-        resource_id = new_id()
-        document: Document = {"id": resource_id, "href": self.href(resource_id), **body}
+        resource_id = resource_id or new_id()
+        supplied = {key: value for key, value in body.items() if key not in ("id", "href")}
+        document: Document = {"id": resource_id, "href": self.href(resource_id), **supplied}
         document.setdefault("@type", self.resource.type_name)
         self._stamp(document, now)
         lifecycle = self.resource.lifecycle
@@ -261,50 +287,69 @@ class ResourceService:
             document.setdefault(lifecycle.attribute, lifecycle.initial)
             lifecycle.check_known(document[lifecycle.attribute])
         self._validate(document)
-        await self.tables.ensure()
-        async with self.database.transaction() as tx:
-            await self.collection.add(tx, document, now)
-            await self._emit(tx, EventKind.CREATE, document, now)
+        await self.collection.add(tx, document, now)
+        await self._emit(tx, EventKind.CREATE, document, now)
         return document
 
     async def patch(self, resource_id: str, patch: Any, media_type: str) -> Document:
         """Apply a PATCH; read-only fields answer 400, illegal lifecycle moves 409."""
         await self.tables.ensure()
         async with self.database.transaction() as tx:
-            stored = await self.collection.load(tx, resource_id)
-            if stored is None:
-                raise self._not_found(resource_id)
-            before = stored.document
-            after = apply_patch(before, patch, media_type)
-            changed = changed_fields(before, after)
-            self._check_writable(changed)
-            if not changed:
-                return before
-            lifecycle = self.resource.lifecycle
-            state_changed = lifecycle is not None and lifecycle.attribute in changed
-            if lifecycle is not None and state_changed:
-                lifecycle.check_move(before.get(lifecycle.attribute), after.get(lifecycle.attribute))
-            now = utcnow()
-            self._stamp(after, now)
-            self._validate(after)
-            await self.collection.replace(tx, after, stored.version)
-            if state_changed:
-                await self._emit(tx, EventKind.STATE_CHANGE, after, now)
-            attributes = [name for name in changed if not (lifecycle and name == lifecycle.attribute)]
-            if attributes:
-                await self._emit(tx, EventKind.ATTRIBUTE_VALUE_CHANGE, after, now, attributes)
+            return await self.update(tx, resource_id, patch, media_type)
+
+    async def update(
+        self,
+        tx: Transaction,
+        resource_id: str,
+        patch: Any,
+        media_type: str = MERGE_PATCH,
+        *,
+        enforce_read_only: bool = True,
+    ) -> Document:
+        """Apply ``patch`` inside the caller's transaction; lifecycle moves are always checked.
+
+        Server-side writers pass ``enforce_read_only=False`` to set attributes
+        clients may not (a bill's amounts); ``id``, ``href`` and the last-update
+        stamp stay managed by the server either way.
+        """
+        stored = await self.collection.load(tx, resource_id)
+        if stored is None:
+            raise self._not_found(resource_id)
+        before = stored.document
+        after = apply_patch(before, patch, media_type)
+        changed = changed_fields(before, after)
+        self._check_writable(changed, self.resource.read_only if enforce_read_only else frozenset())
+        if not changed:
+            return before
+        lifecycle = self.resource.lifecycle
+        state_changed = lifecycle is not None and lifecycle.attribute in changed
+        if lifecycle is not None and state_changed:
+            lifecycle.check_move(before.get(lifecycle.attribute), after.get(lifecycle.attribute))
+        now = utcnow()
+        self._stamp(after, now)
+        self._validate(after)
+        await self.collection.replace(tx, after, stored.version)
+        if state_changed:
+            await self._emit(tx, EventKind.STATE_CHANGE, after, now)
+        attributes = [name for name in changed if not (lifecycle and name == lifecycle.attribute)]
+        if attributes:
+            await self._emit(tx, EventKind.ATTRIBUTE_VALUE_CHANGE, after, now, attributes)
         return after
 
     async def delete(self, resource_id: str) -> None:
         await self.tables.ensure()
         async with self.database.transaction() as tx:
-            stored = await self.collection.load(tx, resource_id)
-            if stored is None or not await self.collection.remove(tx, resource_id):
-                raise self._not_found(resource_id)
-            await self._emit(tx, EventKind.DELETE, stored.document, utcnow())
+            await self.remove(tx, resource_id)
 
-    def _check_writable(self, changed: Sequence[str]) -> None:
-        managed = set(self.resource.read_only)
+    async def remove(self, tx: Transaction, resource_id: str) -> None:
+        """Delete inside the caller's transaction, emitting the DeleteEvent; 404 if there is none."""
+        stored = await self.collection.load(tx, resource_id)
+        if stored is None or not await self.collection.remove(tx, resource_id):
+            raise self._not_found(resource_id)
+        await self._emit(tx, EventKind.DELETE, stored.document, utcnow())
+
+    def _check_writable(self, changed: Sequence[str], read_only: frozenset[str]) -> None:
+        managed = set(read_only) | {"id", "href"}
         if self.resource.last_update:
             managed.add(self.resource.last_update)
         for name in changed:
@@ -363,5 +408,37 @@ def schema_validator(definitions: Mapping[str, Any], name: str) -> Validator:
             raise BadRequest(f"{'.'.join(path)} is required", field=".".join(path), code="missingBodyField")
         name = ".".join(path) or "body"
         raise BadRequest(f"{name}: {error.message}", field=name, code="invalidBodyField")
+
+    return validate
+
+
+def load_definitions(package: str, filename: str) -> dict[str, Any]:
+    """The ``definitions`` of a spec-derived schema file shipped inside ``package``."""
+    text = files(package).joinpath(filename).read_text(encoding="utf-8")
+    loaded: dict[str, Any] = orjson.loads(text)["definitions"]
+    return loaded
+
+
+def openapi_schemas(definitions: Mapping[str, Any]) -> dict[str, Any]:
+    """Swagger 2 ``definitions`` as OpenAPI 3 ``components.schemas`` (references rewritten)."""
+    text = orjson.dumps(definitions).decode().replace("#/definitions/", "#/components/schemas/")
+    schemas: dict[str, Any] = orjson.loads(text)
+    return schemas
+
+
+def spec_validator(definitions: Mapping[str, Any], type_name: str) -> Validator:
+    """Checks a stored document against ``type_name`` and, if the spec has one, ``type_name_Create``.
+
+    The resource schema types every attribute; the ``_Create`` schema adds the
+    attributes a client must supply (which the resource schema does not list).
+    """
+    stored = schema_validator(definitions, type_name)
+    create_name = f"{type_name}_Create"
+    create = schema_validator(definitions, create_name) if create_name in definitions else None
+
+    def validate(document: Mapping[str, Any]) -> None:
+        if create is not None:
+            create({key: value for key, value in document.items() if key not in ("id", "href")})
+        stored(document)
 
     return validate

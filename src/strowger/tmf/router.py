@@ -26,7 +26,7 @@ from strowger.tmf.errors import (
 from strowger.tmf.hubs import CallbackGuard, HubStore, subscription_from_body, subscription_not_found
 from strowger.tmf.patch import JSON, PATCH_MEDIA_TYPES
 from strowger.tmf.query import ResourceQuery, parse_fields, parse_query, select_fields
-from strowger.tmf.resources import EventSink, ResourceService, ResourceType, TmfApi
+from strowger.tmf.resources import EventSink, Operation, ResourceService, ResourceType, TmfApi
 
 
 def tmf_router(api: TmfApi, database: Database, sink: EventSink, guard: CallbackGuard) -> APIRouter:
@@ -75,42 +75,67 @@ def _add_resource_routes(router: APIRouter, service: ResourceService) -> None:
     path, item = f"/{resource.name}", f"/{resource.name}/{{id}}"
     tag = resource.type_name
     limit = service.api.max_body_bytes
-    docs = _operation_docs(resource)
+    docs = operation_docs(resource)
+    served = resource.operations
 
-    @router.get(
-        path, tags=[tag], summary=f"List or find {resource.type_name} objects", openapi_extra=docs["list"]
-    )
-    async def list_resources(request: Request) -> Response:
-        page = await service.list(parse_query(request.query_params.multi_items()))
-        headers = {"X-Total-Count": str(page.total), "X-Result-Count": str(len(page.items))}
-        return JsonResponse(page.items, headers=headers)
+    if Operation.LIST in served:
 
-    @router.post(path, tags=[tag], summary=f"Create a {resource.type_name}", openapi_extra=docs["create"])
-    async def create_resource(request: Request) -> Response:
-        body, _ = await read_json(request, limit)
-        document = await service.create(_object(body))
-        return JsonResponse(document, status_code=201, headers={"Location": str(document["href"])})
+        @router.get(
+            path, tags=[tag], summary=f"List or find {resource.type_name} objects", openapi_extra=docs["list"]
+        )
+        async def list_resources(request: Request) -> Response:
+            page = await service.list(parse_query(request.query_params.multi_items()))
+            headers = {"X-Total-Count": str(page.total), "X-Result-Count": str(len(page.items))}
+            return JsonResponse(page.items, headers=headers)
 
-    @router.get(item, tags=[tag], summary=f"Retrieve a {resource.type_name} by id", openapi_extra=docs["get"])
-    async def get_resource(id: str, request: Request) -> Response:
-        document = await service.get(id)
-        return JsonResponse(select_fields(document, _fields(request).fields))
+    if Operation.CREATE in served:
 
-    @router.patch(item, tags=[tag], summary=f"Update a {resource.type_name}", openapi_extra=docs["patch"])
-    async def patch_resource(id: str, request: Request) -> Response:
-        body, media_type = await read_json(request, limit, PATCH_MEDIA_TYPES)
-        return JsonResponse(await service.patch(id, body, media_type))
+        @router.post(
+            path,
+            tags=[tag],
+            summary=f"Create a {resource.type_name}",
+            openapi_extra=docs["create"],
+            status_code=201,
+        )
+        async def create_resource(request: Request) -> Response:
+            body, _ = await read_json(request, limit)
+            document = await service.create(_object(body))
+            return JsonResponse(document, status_code=201, headers={"Location": str(document["href"])})
 
-    @router.delete(item, tags=[tag], summary=f"Delete a {resource.type_name}", status_code=204)
-    async def delete_resource(id: str) -> Response:
-        await service.delete(id)
-        return Response(status_code=204)
+    if Operation.RETRIEVE in served:
+
+        @router.get(
+            item, tags=[tag], summary=f"Retrieve a {resource.type_name} by id", openapi_extra=docs["get"]
+        )
+        async def get_resource(id: str, request: Request) -> Response:
+            document = await service.get(id)
+            return JsonResponse(select_fields(document, _fields(request).fields))
+
+    if Operation.PATCH in served:
+
+        @router.patch(item, tags=[tag], summary=f"Update a {resource.type_name}", openapi_extra=docs["patch"])
+        async def patch_resource(id: str, request: Request) -> Response:
+            body, media_type = await read_json(request, limit, PATCH_MEDIA_TYPES)
+            return JsonResponse(await service.patch(id, body, media_type))
+
+    if Operation.DELETE in served:
+
+        @router.delete(item, tags=[tag], summary=f"Delete a {resource.type_name}", status_code=204)
+        async def delete_resource(id: str) -> Response:
+            await service.delete(id)
+            return Response(status_code=204)
 
 
 def _add_hub_routes(router: APIRouter, api: TmfApi, store: HubStore, guard: CallbackGuard) -> None:
-    docs = _hub_docs()
+    docs = hub_docs()
 
-    @router.post("/hub", tags=["events subscription"], summary="Register a listener", openapi_extra=docs)
+    @router.post(
+        "/hub",
+        tags=["events subscription"],
+        summary="Register a listener",
+        openapi_extra=docs,
+        status_code=201,
+    )
     async def register_listener(request: Request) -> Response:
         body, _ = await read_json(request, api.max_body_bytes)
         callback, query, secret = await subscription_from_body(body, guard)
@@ -118,7 +143,12 @@ def _add_hub_routes(router: APIRouter, api: TmfApi, store: HubStore, guard: Call
         location = f"{api.base_path}/hub/{subscription.id}"
         return JsonResponse(subscription.to_tmf(), status_code=201, headers={"Location": location})
 
-    @router.get("/hub/{id}", tags=["events subscription"], summary="Retrieve a listener")
+    @router.get(
+        "/hub/{id}",
+        tags=["events subscription"],
+        summary="Retrieve a listener",
+        openapi_extra=listener_docs(),
+    )
     async def get_listener(id: str) -> Response:
         subscription = await store.get(id)
         if subscription is None:
@@ -177,7 +207,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
     }
 
 
-def _operation_docs(resource: ResourceType) -> dict[str, dict[str, Any]]:
+def operation_docs(resource: ResourceType) -> dict[str, dict[str, Any]]:
     schema = resource.schema_name or resource.type_name
     one = {"application/json": {"schema": _ref(schema)}}
     return {
@@ -210,7 +240,13 @@ def _operation_docs(resource: ResourceType) -> dict[str, dict[str, Any]]:
     }
 
 
-def _hub_docs() -> dict[str, Any]:
+def listener_docs() -> dict[str, Any]:
+    """GET of one listener: the EventSubscription, or 404."""
+    subscription = {"application/json": {"schema": _ref("EventSubscription")}}
+    return {"responses": {"200": {"description": "Listener", "content": subscription}} | _errors(404)}
+
+
+def hub_docs() -> dict[str, Any]:
     return {
         "requestBody": {
             "required": True,

@@ -1,0 +1,274 @@
+"""`strowger bench hub`: webhook deliveries per second to a local listener, against a plain httpx loop.
+
+One run, one listener: a minimal HTTP/1.1 server (keep-alive, answers 204) in a
+child process, so it has a core of its own and costs both sides the same.
+
+* **peer** — a plain ``httpx.AsyncClient`` loop: ``concurrency`` tasks POST the
+  same bodies, nothing else (no database, no retries, no ordering). The ceiling.
+* **strowger** — the whole hub path: ``events`` TMF notifications already on
+  the embedded bus, the ``hub-delivery`` fan-out consumer (inbox, query match,
+  one queued delivery per subscription) and the delivery worker (claim, sign
+  with HMAC, SSRF-guard, POST, settle), on SQLite or PostgreSQL. Timed from
+  start to the last delivery acknowledged.
+
+p50/p99 are per-POST latencies (request sent → status received) on both sides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import multiprocessing
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+from multiprocessing.sharedctypes import Synchronized
+from typing import Any
+
+import httpx
+from rich.table import Table
+
+from strowger.bus.embedded import EmbeddedBus
+from strowger.bus.runtime import ConsumerRunner
+from strowger.events.envelope import Category, Envelope, encode
+from strowger.events.topics import Topic
+from strowger.store.db import Database
+from strowger.store.deadletters import PARKED_TABLES
+from strowger.store.inbox import INBOX_TABLES
+from strowger.store.outbox import OUTBOX_TABLES
+from strowger.tmf.delivery import (
+    HUB_DELIVERY_TABLES,
+    DeliveryOptions,
+    DeliveryWorker,
+    HubFanOut,
+    HubRoute,
+    delivery_headers,
+)
+from strowger.tmf.hubs import HUB_TABLES, CallbackGuard, HubStore
+
+Progress = Callable[[str, float], None]
+API = "productOrderingManagement"
+SECRET = "bench-secret"
+POSTGRES_URL = "postgresql://strowger:strowger@127.0.0.1:5432/strowger"
+
+
+# --- the listener (child process) --------------------------------------------------------------
+
+
+class _CountingHttp(asyncio.Protocol):
+    """HTTP/1.1 keep-alive: reads each request (headers + Content-Length body), answers 204."""
+
+    def __init__(self, counter: Synchronized[int]) -> None:
+        self.counter = counter
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            head = self.buffer[:end].lower()
+            start = head.find(b"content-length:")
+            length = int(head[start + 15 :].split(b"\r\n", 1)[0]) if start >= 0 else 0
+            if len(self.buffer) < end + 4 + length:
+                return
+            self.buffer = self.buffer[end + 4 + length :]
+            with self.counter.get_lock():
+                self.counter.value += 1
+            assert self.transport is not None
+            self.transport.write(b"HTTP/1.1 204 No Content\r\nConnection: keep-alive\r\n\r\n")
+
+
+def serve_listener(port_out: Connection, counter: Synchronized[int]) -> None:
+    """Child process entry point: serve on 127.0.0.1 (random port, sent back) until terminated."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: _CountingHttp(counter), "127.0.0.1", 0, backlog=1024)
+        port_out.send(server.sockets[0].getsockname()[1])
+        await server.serve_forever()
+
+    asyncio.run(main())
+
+
+# --- the two sides -----------------------------------------------------------------------------
+
+
+def _events(count: int, entities: int) -> list[Envelope]:
+    return [
+        Envelope(
+            event_type="ProductOrderStateChangeEvent",
+            payload={"productOrder": {"id": f"order-{i % entities}", "state": "inProgress", "seq": i}},
+            entity_key=f"order-{i % entities}",
+            correlation_id=f"bench-{i}",
+        )
+        for i in range(count)
+    ]
+
+
+def _percentiles(latencies: Sequence[float]) -> dict[str, float]:
+    if len(latencies) < 2:
+        return {"p50_ms": 0.0, "p99_ms": 0.0}
+    cuts = statistics.quantiles(latencies, n=100)
+    return {"p50_ms": round(cuts[49] * 1000, 2), "p99_ms": round(cuts[98] * 1000, 2)}
+
+
+async def run_peer(
+    url: str, events: Sequence[Envelope], concurrency: int, progress: Progress
+) -> dict[str, Any]:
+    """A plain httpx loop POSTing the same bodies (signed, same headers) to the same listener."""
+    messages = [encode(envelope, "bench") for envelope in events]
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    latencies: list[float] = []
+    next_index = iter(range(len(messages)))
+    async with httpx.AsyncClient(limits=limits, timeout=10.0, trust_env=False) as client:
+
+        async def post_some() -> None:
+            for index in next_index:
+                message = messages[index]
+                headers = delivery_headers(message.headers, message.value, SECRET, 1)
+                headers["Content-Type"] = "application/json"
+                started = time.perf_counter()
+                response = await client.post(url, content=message.value, headers=headers)
+                latencies.append(time.perf_counter() - started)
+                response.raise_for_status()
+                if index % 500 == 0:
+                    progress("peer: plain httpx loop", index / len(messages) / 2)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(post_some() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {
+        "deliveries": len(messages),
+        "seconds": round(elapsed, 3),
+        "per_second": round(len(messages) / elapsed),
+    } | _percentiles(latencies)
+
+
+async def run_strowger(
+    database: Database, url: str, events: Sequence[Envelope], concurrency: int, progress: Progress
+) -> dict[str, Any]:
+    """The hub path: events on the bus → fan-out → queued deliveries → worker → listener."""
+    await database.create_tables(HUB_TABLES, PARKED_TABLES, HUB_DELIVERY_TABLES, INBOX_TABLES, OUTBOX_TABLES)
+    bus = EmbeddedBus("embedded://", database=database)
+    await bus.start()
+    topic = f"bench.hub.{uuid.uuid4().hex[:8]}"
+    await bus.ensure_topics([Topic(topic, Category.DOMAIN, partitions=6)])
+    await HubStore(database, API).add(url, "eventType=ProductOrderStateChangeEvent", secret=SECRET)
+    for start in range(0, len(events), 1000):
+        await bus.publish([encode(envelope, topic) for envelope in events[start : start + 1000]])
+    guard = CallbackGuard((ipaddress.ip_network("127.0.0.0/8"),))
+    options = DeliveryOptions(max_in_flight=concurrency, per_listener=concurrency, batch_size=concurrency)
+    worker = DeliveryWorker(database, guard, options)
+    worker.stats.keep_latencies = True
+    fan_out = HubFanOut([HubRoute(API, topic)], postgresql=database.kind == "postgresql", wake=worker.wake)
+    runner = ConsumerRunner(fan_out.consumer(batch_size=500), bus, database, fetch_timeout=0.1)
+    started = time.perf_counter()
+    tasks = [asyncio.create_task(runner.run()), asyncio.create_task(worker.run())]
+    try:
+        while worker.stats.delivered < len(events):
+            if any(task.done() for task in tasks):
+                for task in tasks:
+                    if task.done():
+                        task.result()
+            progress("strowger: bus → hub → listener", 0.5 + worker.stats.delivered / len(events) / 2)
+            await asyncio.sleep(0.02)
+        elapsed = time.perf_counter() - started
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await bus.stop()
+    return {
+        "deliveries": worker.stats.delivered,
+        "seconds": round(elapsed, 3),
+        "per_second": round(worker.stats.delivered / elapsed),
+        "failed_attempts": worker.stats.failed,
+    } | _percentiles(worker.stats.latencies)
+
+
+async def _open_database(db: str, directory: str) -> Database:
+    if db == "sqlite":
+        from strowger.store.sqlite import SqliteDatabase
+
+        database: Database = SqliteDatabase(f"sqlite:///{directory}/bench-hub.db")
+    else:
+        from strowger.store.postgres import PostgresDatabase
+
+        database = PostgresDatabase(POSTGRES_URL, schema=f"bench_hub_{uuid.uuid4().hex[:8]}")
+    await database.open()
+    return database
+
+
+async def _drop(database: Database) -> None:
+    schema = getattr(database, "schema", None)
+    if database.kind == "postgresql" and schema:
+        async with database.transaction() as tx:
+            await tx.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def run_hub_bench(
+    db: str, events: int, entities: int, concurrency: int, progress: Progress
+) -> dict[str, Any]:
+    """Both sides against one listener process; the figures as one dict."""
+    context = multiprocessing.get_context("spawn")
+    counter = context.Value("q", 0)
+    receive_port, send_port = context.Pipe(duplex=False)
+    listener = context.Process(target=serve_listener, args=(send_port, counter), daemon=True)
+    listener.start()
+    try:
+        port = receive_port.recv()
+        url = f"http://127.0.0.1:{port}/listener/bench"
+        workload = _events(events, entities)
+
+        async def both() -> dict[str, Any]:
+            peer = await run_peer(url, workload, concurrency, progress)
+            with tempfile.TemporaryDirectory() as directory:
+                database = await _open_database(db, directory)
+                try:
+                    strowger = await run_strowger(database, url, workload, concurrency, progress)
+                finally:
+                    await _drop(database)
+                    await database.close()
+            return {"strowger": strowger, "peer": peer}
+
+        figures = asyncio.run(both())
+    finally:
+        listener.terminate()
+        listener.join(5)
+    return {
+        "benchmark": "hub",
+        "database": db,
+        "events": events,
+        "entities": entities,
+        "concurrency": concurrency,
+        "listener_requests": counter.value,
+        **figures,
+        "target_per_second": 3000,
+    }
+
+
+def render_table(result: dict[str, Any]) -> Table:
+    table = Table(
+        title=f"Hub webhook delivery — {result['events']} events, {result['entities']} entities, "
+        f"concurrency {result['concurrency']}, {result['database']}"
+    )
+    for column in ("side", "deliveries", "seconds", "deliveries/s", "p50 ms", "p99 ms"):
+        table.add_column(column, justify="left" if column == "side" else "right")
+    for side, label in (("strowger", "Strowger hub (bus → fan-out → worker)"), ("peer", "plain httpx loop")):
+        figures = result[side]
+        table.add_row(
+            label,
+            str(figures["deliveries"]),
+            f"{figures['seconds']:.2f}",
+            f"{figures['per_second']:,}",
+            f"{figures['p50_ms']:.2f}",
+            f"{figures['p99_ms']:.2f}",
+        )
+    return table

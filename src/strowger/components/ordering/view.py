@@ -1,0 +1,94 @@
+"""The read model of the ordering API: one row per order and per cancel task, kept current by the
+command side IN the transaction that appends the events (so a list read right after a write sees it).
+
+The event store is the write model; these tables are disposable and could be
+rebuilt by replaying it. ``GET /productOrder`` (list, filters, fields,
+pagination) reads here; ``GET /productOrder/{id}`` replays the aggregate.
+TMF630 filters run in Python after the SQL read (as in ``strowger.tmf``); the
+``state`` column is there so a projection framework or SQL prefilter can take
+over without a migration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from strowger.store.db import Database, TableSet, Transaction
+from strowger.tmf.query import Page, ResourceQuery, apply_query
+
+Document = dict[str, Any]
+
+
+def _table(name: str, key_columns: str, body_type: str) -> str:
+    return (
+        f"CREATE TABLE IF NOT EXISTS {name} (id TEXT PRIMARY KEY, {key_columns}, "
+        f"version INTEGER NOT NULL, body {body_type} NOT NULL)"
+    )
+
+
+VIEW_TABLES = TableSet(
+    name="ordering-views",
+    sqlite=[
+        _table("product_order_view", "state TEXT NOT NULL, order_date TEXT NOT NULL", "TEXT"),
+        _table("cancel_product_order_view", "order_id TEXT NOT NULL, created_at TEXT NOT NULL", "TEXT"),
+    ],
+    postgresql=[
+        _table("product_order_view", "state TEXT NOT NULL, order_date TEXT NOT NULL", "JSONB"),
+        _table("cancel_product_order_view", "order_id TEXT NOT NULL, created_at TEXT NOT NULL", "JSONB"),
+    ],
+)
+
+_UPSERT_ORDER = (
+    "INSERT INTO product_order_view (id, state, order_date, version, body) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET state = excluded.state, version = excluded.version, body = excluded.body"
+)
+_UPSERT_TASK = (
+    "INSERT INTO cancel_product_order_view (id, order_id, created_at, version, body) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET version = excluded.version, body = excluded.body"
+)
+
+
+def _body(raw: Any) -> Document:
+    loaded = orjson.loads(raw) if isinstance(raw, str | bytes) else raw
+    if not isinstance(loaded, dict):
+        raise TypeError(f"a view row holds {type(loaded).__name__}, not an object")
+    return loaded
+
+
+class OrderView:
+    """Reads and writes of the two view tables."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    async def put_order(self, tx: Transaction, order: Mapping[str, Any], version: int) -> None:
+        body = orjson.dumps(order).decode()
+        await tx.execute(_UPSERT_ORDER, (order["id"], order["state"], order["orderDate"], version, body))
+
+    async def remove_order(self, tx: Transaction, order_id: str) -> None:
+        await tx.execute("DELETE FROM product_order_view WHERE id = ?", (order_id,))
+        await tx.execute("DELETE FROM cancel_product_order_view WHERE order_id = ?", (order_id,))
+
+    async def put_task(self, tx: Transaction, task: Mapping[str, Any], created_at: str, version: int) -> None:
+        body = orjson.dumps(task).decode()
+        order_id = task["productOrder"]["id"]
+        await tx.execute(_UPSERT_TASK, (task["id"], order_id, created_at, version, body))
+
+    async def orders(self, query: ResourceQuery) -> Page:
+        rows = await self.database.fetchall("SELECT body FROM product_order_view ORDER BY order_date, id")
+        return apply_query((_body(row[0]) for row in rows), query)
+
+    async def tasks(self, query: ResourceQuery) -> Page:
+        rows = await self.database.fetchall(
+            "SELECT body FROM cancel_product_order_view ORDER BY created_at, id"
+        )
+        return apply_query((_body(row[0]) for row in rows), query)
+
+    async def task(self, task_id: str) -> Document | None:
+        row = await self.database.fetchone(
+            "SELECT body FROM cancel_product_order_view WHERE id = ?", (task_id,)
+        )
+        return _body(row[0]) if row else None

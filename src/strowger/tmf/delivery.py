@@ -1,0 +1,718 @@
+"""TMF hub webhook delivery: at-least-once, ordered per (listener, entity), signed, SSRF-guarded.
+
+Two stages, both restart-safe (docs/tmf-apis.md, "Hub delivery"):
+
+1. **Fan-out** — a consumer of the event bus (group ``hub-delivery``, one
+   :class:`~strowger.bus.runtime.Consumer` on every topic that carries TMF
+   notifications). For each event it finds the subscriptions of the API that
+   published it (:class:`HubRoute` maps topic and event type to the API) whose
+   ``query`` matches the body, and enqueues one delivery per subscription. The
+   runtime's inbox makes the fan-out exactly-once: a redelivered event is not
+   enqueued twice.
+2. **Delivery** — :class:`DeliveryWorker` POSTs each queued delivery to its
+   callback, concurrently across listeners (one keep-alive ``httpx`` pool,
+   bounded overall and per listener), one at a time per (listener, entity).
+
+The queue is the runtime's sequenced parking lot (``parked``, see
+:mod:`strowger.store.deadletters`): each subscription is a consumer named
+``hub-delivery/<api>/<subscription id>``. A delivery is a ``retrying`` head due
+now, or ``blocked`` behind an earlier delivery of the same entity to the same
+listener; a failure moves ``next_attempt_at`` by the backoff; a spent or
+permanent failure makes the head ``dead``, and the listener's later events of
+that entity wait behind it. So ``strowger dlq`` and ``/dlq`` list, show, replay
+and discard failed webhook deliveries like any dead letter.
+
+A claimed delivery is leased (``next_attempt_at`` pushed ``lease`` seconds ahead),
+not locked: a worker that dies mid-request leaves the delivery due again when
+the lease ends, so several worker processes may share the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+
+from strowger.bus.runtime import Consumer, UnitOfWork
+from strowger.errors import PermanentError, TransientError, is_transient
+from strowger.events.envelope import Envelope, Header
+from strowger.store.db import Database, Row, TableSet, Transaction
+from strowger.store.deadletters import PARKED_TABLES, Failure, ParkingLot, Status, now
+from strowger.tmf.hubs import (
+    HUB_TABLES,
+    SIGNATURE_HEADER,
+    CallbackGuard,
+    HubQuery,
+    Subscription,
+    UnresolvableCallback,
+    UnsafeCallback,
+    parse_hub_query,
+    sign,
+)
+from strowger.tmf.resources import TmfApi
+
+if TYPE_CHECKING:
+    from strowger.bootstrap import Platform
+
+log = logging.getLogger("strowger.hub")
+
+HUB_CONSUMER = "hub-delivery"
+QUEUE_PREFIX = f"{HUB_CONSUMER}/"
+EVENT_ID_HEADER = "X-Event-Id"
+EVENT_TYPE_HEADER = "X-Event-Type"
+CORRELATION_ID_HEADER = "X-Correlation-Id"
+ATTEMPT_HEADER = "X-Strowger-Delivery-Attempt"
+
+# The claim query scans heads only (status first), across every listener's queue.
+HUB_DELIVERY_TABLES = TableSet(
+    name="tmf-hub-delivery",
+    sqlite=["CREATE INDEX IF NOT EXISTS parked_status_due ON parked (status, next_attempt_at)"],
+    postgresql=["CREATE INDEX IF NOT EXISTS parked_status_due ON parked (status, next_attempt_at)"],
+)
+
+
+def queue_name(api: str, subscription_id: str) -> str:
+    """The parked-table consumer that holds one subscription's deliveries."""
+    return f"{QUEUE_PREFIX}{api}/{subscription_id}"
+
+
+def parse_queue_name(name: str) -> tuple[str, str]:
+    """``(api, subscription id)`` of a delivery queue name."""
+    api, _, subscription_id = name.removeprefix(QUEUE_PREFIX).partition("/")
+    return api, subscription_id
+
+
+# --- options -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryOptions:
+    """How deliveries are made; the defaults suit a production platform."""
+
+    timeout: float = 10.0  # seconds for connect, write and read of one POST
+    backoff: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)  # before retry 1, 2, ...; then dead
+    max_in_flight: int = 128  # concurrent POSTs in this process
+    per_listener: int = 32  # concurrent POSTs to one subscription (a slow listener keeps only these)
+    batch_size: int = 128  # deliveries claimed per query
+    lease: float = 60.0  # a claimed delivery is due again after this (its worker died)
+    poll_interval: float = 1.0  # longest idle sleep (deliveries enqueued by another process)
+    max_response_bytes: int = 64 * 1024  # read from a response before giving the connection up
+    address_ttl: float = 30.0  # seconds a checked DNS answer is reused
+    max_retry_after: float = 3600.0  # cap on a listener's Retry-After
+    user_agent: str = "strowger-hub/1"
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0 or self.lease <= self.timeout:
+            raise ValueError("timeout > 0 and lease > timeout (a lease must outlive its request)")
+        if min(self.max_in_flight, self.per_listener, self.batch_size) < 1:
+            raise ValueError("max_in_flight, per_listener and batch_size must be >= 1")
+        if any(delay < 0 for delay in self.backoff) or self.poll_interval <= 0:
+            raise ValueError("backoff delays >= 0 and poll_interval > 0")
+
+
+# --- fan-out -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HubRoute:
+    """The events of ``topic`` (of ``event_types``, or all) go to the subscribers of API ``api``."""
+
+    api: str
+    topic: str
+    event_types: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, api: TmfApi) -> HubRoute:
+        """The route of a toolkit API: its topic, the event types its resources emit."""
+        types = {resource.event_type(kind) for resource in api.resources for kind in resource.events}
+        return cls(api.name, api.topic, frozenset(types))
+
+    def carries(self, topic: str, event_type: str) -> bool:
+        return topic == self.topic and (not self.event_types or event_type in self.event_types)
+
+
+@lru_cache(maxsize=4096)
+def _compiled(query: str) -> HubQuery:
+    return parse_hub_query(query)  # validated at registration; cached: parsed on every event otherwise
+
+
+class HubFanOut:
+    """The ``hub-delivery`` consumer's handler: one queued delivery per matching subscription."""
+
+    def __init__(
+        self,
+        routes: Sequence[HubRoute],
+        *,
+        postgresql: bool = False,
+        wake: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.routes = tuple(routes)
+        self._postgresql = postgresql  # PostgreSQL: the sequence check share-locks the rows ahead
+        self._wake = wake
+        self._lot = ParkingLot()
+
+    def consumer(self, *, backoff: tuple[float, ...] = (1.0, 5.0, 30.0), batch_size: int = 500) -> Consumer:
+        topics = tuple(sorted({route.topic for route in self.routes}))
+        return Consumer(HUB_CONSUMER, topics, self, retry_backoff=backoff, batch_size=batch_size)
+
+    async def __call__(self, envelope: Envelope, uow: UnitOfWork) -> None:
+        message = uow.delivery.message
+        apis = [route.api for route in self.routes if route.carries(message.topic, envelope.event_type)]
+        body: Mapping[str, Any] | None = None
+        for api in dict.fromkeys(apis):
+            for subscription in await subscriptions_of(uow.tx, api):
+                body = body if body is not None else orjson.loads(message.value)
+                if _compiled(subscription.query).matches(body):
+                    await self._enqueue(uow, queue_name(api, subscription.id), envelope)
+
+    async def _enqueue(self, uow: UnitOfWork, queue: str, envelope: Envelope) -> None:
+        behind = await self._lot.blocked(uow.tx, queue, envelope.entity_key, postgresql=self._postgresql)
+        await self._lot.park(
+            uow.tx,
+            queue,
+            uow.delivery,
+            entity_key=envelope.entity_key,
+            status=Status.BLOCKED if behind else Status.RETRYING,
+            next_attempt_at=None if behind else now(),
+        )
+        uow.tx.on_commit(self._wake)
+
+
+async def subscriptions_of(tx: Transaction, api: str) -> list[Subscription]:
+    """The hub subscriptions of ``api``, read in ``tx`` (a subscription made before the event counts)."""
+    rows = await tx.fetchall(
+        "SELECT id, callback, query, secret, created_at FROM tmf_hub_subscription WHERE api = ?", (api,)
+    )
+    return [Subscription(*row) for row in rows]
+
+
+# --- sending -----------------------------------------------------------------------------------
+
+
+class ListenerUnavailable(TransientError):
+    """The listener could not take the delivery now (connection, timeout, 408, 429, 5xx): retried."""
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class ListenerRejected(PermanentError):
+    """The listener refused the delivery for good (3xx, 4xx other than 408/429): dead-lettered."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class CallbackRefused(PermanentError):
+    """The SSRF guard refused the callback at delivery time: dead-lettered."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    url: str
+    headers: Mapping[str, str]
+    extensions: Mapping[str, Any]
+
+
+class WebhookSender:
+    """POSTs notification bodies to callbacks: guard checked, address pinned, outcome classified."""
+
+    def __init__(
+        self,
+        guard: CallbackGuard,
+        options: DeliveryOptions = DeliveryOptions(),
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.guard = guard
+        self.options = options
+        limits = httpx.Limits(
+            max_connections=options.max_in_flight, max_keepalive_connections=options.max_in_flight
+        )
+        self.client = httpx.AsyncClient(
+            transport=transport or httpx.AsyncHTTPTransport(limits=limits, retries=0),
+            timeout=httpx.Timeout(options.timeout),
+            follow_redirects=False,  # a redirect would lead past the guard
+            trust_env=False,  # no proxy from the environment: we connect to the address we checked
+        )
+        self._addresses: dict[tuple[str, str, int | None], tuple[float, str]] = {}
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def send(self, callback: str, body: bytes, headers: Mapping[str, str]) -> int:
+        """POST ``body``; the 2xx status, or ListenerUnavailable / ListenerRejected / CallbackRefused."""
+        target = await self._target(callback)
+        request = self.client.build_request(
+            "POST",
+            target.url,
+            content=body,
+            headers={
+                "Content-Type": "application/json",
+                "User-Agent": self.options.user_agent,
+                **headers,
+                **target.headers,
+            },
+            extensions=dict(target.extensions),
+        )
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            raise ListenerUnavailable(f"POST {callback} timed out: {type(exc).__name__}") from exc
+        except httpx.TransportError as exc:
+            raise ListenerUnavailable(f"POST {callback} failed: {type(exc).__name__}: {exc}") from exc
+        try:
+            text = await self._read_some(response)
+        finally:
+            await response.aclose()
+        return self._classify(callback, response, text)
+
+    def _classify(self, callback: str, response: httpx.Response, text: str) -> int:
+        status = response.status_code
+        if 200 <= status < 300:
+            return status
+        detail = f"POST {callback} answered {status} {response.reason_phrase}" + (f": {text}" if text else "")
+        if status in (408, 429) or status >= 500:
+            retry_after = _retry_after(response.headers.get("Retry-After"), self.options.max_retry_after)
+            raise ListenerUnavailable(detail, status=status, retry_after=retry_after)
+        raise ListenerRejected(detail, status=status)
+
+    async def _read_some(self, response: httpx.Response) -> str:
+        """Up to max_response_bytes of the body (for the dead-letter detail); never the whole of a flood."""
+        chunks, size = [], 0
+        try:
+            async for chunk in response.aiter_raw():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size >= self.options.max_response_bytes:
+                    break  # the connection is dropped rather than drained
+        except httpx.StreamConsumed:
+            chunks = [response.content]  # a transport that answered in memory (tests, mounts)
+        except httpx.HTTPError:
+            pass  # the status is what counts; a broken body only shortens the detail
+        return b"".join(chunks)[:200].decode("utf-8", errors="replace").strip()
+
+    async def _target(self, callback: str) -> _Target:
+        """Where to connect: the callback with its host replaced by an address the guard accepted."""
+        parts = urlsplit(callback)
+        host = parts.hostname or ""
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            pass
+        else:
+            await self._check(callback)  # a literal address: checked, nothing to pin
+            return _Target(callback, {}, {})
+        address = await self._address(callback, parts.scheme, host, parts.port)
+        literal = f"[{address}]" if ":" in address else address
+        netloc = literal if parts.port is None else f"{literal}:{parts.port}"
+        pinned = parts._replace(netloc=netloc).geturl()
+        extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
+        return _Target(pinned, {"Host": parts.netloc}, extensions)
+
+    async def _address(self, callback: str, scheme: str, host: str, port: int | None) -> str:
+        key = (scheme, host, port)
+        cached = self._addresses.get(key)
+        if cached is not None and cached[0] > now():
+            return cached[1]
+        address = (await self._check(callback))[0]
+        self._addresses[key] = (now() + self.options.address_ttl, address)
+        return address
+
+    async def _check(self, callback: str) -> list[str]:
+        try:
+            return await self.guard.check(callback)
+        except UnresolvableCallback as exc:
+            raise ListenerUnavailable(str(exc)) from exc  # DNS may answer again later
+        except UnsafeCallback as exc:
+            raise CallbackRefused(str(exc)) from exc
+
+
+def _retry_after(value: str | None, cap: float) -> float | None:
+    """Retry-After in seconds (the delta form; an HTTP date is ignored), capped."""
+    if value is None:
+        return None
+    try:
+        return min(max(0.0, float(value.strip())), cap)
+    except ValueError:
+        return None
+
+
+def delivery_headers(
+    headers: Mapping[str, str], body: bytes, secret: str | None, attempt: int
+) -> dict[str, str]:
+    """The headers of one delivery attempt: event id (for the listener's dedup), correlation, signature."""
+    out = {
+        EVENT_ID_HEADER: headers.get(Header.EVENT_ID, ""),
+        EVENT_TYPE_HEADER: headers.get(Header.EVENT_TYPE, ""),
+        ATTEMPT_HEADER: str(attempt),
+    }
+    if headers.get(Header.CORRELATION_ID):
+        out[CORRELATION_ID_HEADER] = headers[Header.CORRELATION_ID]
+    if headers.get(Header.TRACEPARENT):
+        out["traceparent"] = headers[Header.TRACEPARENT]
+    if secret:
+        out[SIGNATURE_HEADER] = sign(secret, body)  # fresh timestamp per attempt
+    return out
+
+
+# --- the queue ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PendingDelivery:
+    """One claimed delivery: a notification for one subscription."""
+
+    id: int
+    queue: str
+    entity_key: str
+    event_id: str
+    event_type: str
+    headers: Mapping[str, str]
+    body: bytes
+    attempts: int  # failed attempts so far
+    subscription: Subscription | None  # None: unsubscribed since (the queue is dropped)
+
+    @property
+    def api(self) -> str:
+        return parse_queue_name(self.queue)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    delivery: PendingDelivery
+    error: BaseException | None = None  # None: delivered (or dropped)
+
+    @property
+    def retry_after(self) -> float | None:
+        return self.error.retry_after if isinstance(self.error, ListenerUnavailable) else None
+
+
+_CLAIMED = "id, consumer, entity_key, event_id, event_type, headers, value, attempts"
+
+
+class DeliveryQueue:
+    """The hub's side of the ``parked`` table: claim due heads, settle outcomes."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    @property
+    def _postgresql(self) -> bool:
+        return self.database.kind == "postgresql"
+
+    async def claim(
+        self, limit: int, lease: float, room: Callable[[str], int] = lambda queue: 1 << 30
+    ) -> list[PendingDelivery]:
+        """Lease up to ``limit`` due heads, at most ``room(queue)`` of each listener's queue."""
+        lock = " FOR UPDATE SKIP LOCKED" if self._postgresql else ""
+        async with self.database.transaction() as tx:
+            candidates = await tx.fetchall(
+                "SELECT id, consumer FROM parked WHERE status = ? AND next_attempt_at <= ? "  # noqa: S608
+                f"AND consumer LIKE ? ORDER BY next_attempt_at, id LIMIT ?{lock}",
+                (Status.RETRYING.value, now(), f"{QUEUE_PREFIX}%", limit),
+            )
+            taken: Counter[str] = Counter()
+            chosen = []
+            for row_id, queue in candidates:
+                if taken[queue] < room(queue):
+                    taken[queue] += 1
+                    chosen.append(int(row_id))
+            if not chosen:
+                return []
+            rows = await tx.fetchall(
+                f"UPDATE parked SET next_attempt_at = ? WHERE id IN ({_marks(chosen)}) RETURNING {_CLAIMED}",  # noqa: S608
+                (now() + lease, *chosen),
+            )
+            subscriptions = {queue: await _subscription(tx, queue) for queue in taken}
+        return [_pending(row, subscriptions[row[1]]) for row in rows]
+
+    async def settle(self, outcomes: Sequence[Outcome], backoff: Sequence[float]) -> list[Status]:
+        """Record what happened to each delivery; the status each failed one has now (dead or retrying)."""
+        delivered = [o.delivery for o in outcomes if o.error is None and o.delivery.subscription]
+        dropped = {o.delivery.queue for o in outcomes if o.delivery.subscription is None}
+        statuses = []
+        async with self.database.transaction() as tx:
+            if delivered:
+                await self._resolve(tx, delivered)
+            for queue in dropped:
+                await tx.execute("DELETE FROM parked WHERE consumer = ?", (queue,))
+            for outcome in outcomes:
+                if outcome.error is not None and outcome.delivery.subscription is not None:
+                    statuses.append(await self._failed(tx, outcome, backoff))
+        return statuses
+
+    async def _resolve(self, tx: Transaction, delivered: Sequence[PendingDelivery]) -> None:
+        """Drop delivered heads and make the next delivery of each (listener, entity) due now."""
+        ids = [d.id for d in delivered]
+        await tx.execute(f"DELETE FROM parked WHERE id IN ({_marks(ids)})", ids)  # noqa: S608
+        queues = sorted({d.queue for d in delivered})
+        entities = sorted({d.entity_key for d in delivered})
+        # The cross product may name pairs nobody delivered: their oldest row is promoted only if it
+        # is blocked with nothing before it, which is exactly a head that must exist anyway.
+        await tx.execute(
+            "UPDATE parked SET status = ?, next_attempt_at = ? WHERE status = ? AND id IN ("  # noqa: S608
+            f"SELECT MIN(id) FROM parked WHERE consumer IN ({_marks(queues)}) "
+            f"AND entity_key IN ({_marks(entities)}) GROUP BY consumer, entity_key)",
+            (Status.RETRYING.value, now(), Status.BLOCKED.value, *queues, *entities),
+        )
+
+    async def _failed(self, tx: Transaction, outcome: Outcome, backoff: Sequence[float]) -> Status:
+        assert outcome.error is not None
+        failure = Failure.of(outcome.error)
+        attempts = outcome.delivery.attempts + 1
+        if not is_transient(outcome.error) or attempts > len(backoff):
+            status, next_at = Status.DEAD, None
+        else:
+            delay = max(backoff[attempts - 1], outcome.retry_after or 0.0)
+            status, next_at = Status.RETRYING, failure.at + delay
+        await tx.execute(
+            "UPDATE parked SET status = ?, attempts = ?, error_type = ?, error_message = ?, traceback = ?, "
+            "first_failed_at = COALESCE(first_failed_at, ?), last_failed_at = ?, next_attempt_at = ? "
+            "WHERE id = ? AND status = ?",
+            (status.value, attempts, failure.error_type, failure.message, failure.traceback, failure.at,
+             failure.at, next_at, outcome.delivery.id, Status.RETRYING.value),
+        )  # fmt: skip
+        return status
+
+    async def next_due_at(self) -> float | None:
+        """When the earliest waiting delivery is due (epoch seconds), or None."""
+        row = await self.database.fetchone(
+            "SELECT MIN(next_attempt_at) FROM parked WHERE status = ? AND consumer LIKE ?",
+            (Status.RETRYING.value, f"{QUEUE_PREFIX}%"),
+        )
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def promote_stranded(self) -> int:
+        """Make blocked deliveries with nothing before them heads (a safety net); returns how many."""
+        async with self.database.transaction() as tx:
+            return await tx.execute(
+                "UPDATE parked SET status = ?, next_attempt_at = ? WHERE status = ? AND consumer LIKE ? "
+                "AND NOT EXISTS (SELECT 1 FROM parked q WHERE q.consumer = parked.consumer "
+                "AND q.entity_key = parked.entity_key AND q.id < parked.id)",
+                (Status.RETRYING.value, now(), Status.BLOCKED.value, f"{QUEUE_PREFIX}%"),
+            )
+
+    async def counts(self) -> dict[str, int]:
+        """Queued hub deliveries per status (``retrying`` includes first attempts not yet made)."""
+        rows = await self.database.fetchall(
+            "SELECT status, COUNT(*) FROM parked WHERE consumer LIKE ? GROUP BY status",
+            (f"{QUEUE_PREFIX}%",),
+        )
+        return {str(status): int(count) for status, count in rows}
+
+
+def _marks(values: Sequence[object]) -> str:
+    return ", ".join("?" * len(values))
+
+
+async def _subscription(tx: Transaction, queue: str) -> Subscription | None:
+    api, subscription_id = parse_queue_name(queue)
+    row = await tx.fetchone(
+        "SELECT id, callback, query, secret, created_at FROM tmf_hub_subscription WHERE api = ? AND id = ?",
+        (api, subscription_id),
+    )
+    return Subscription(*row) if row else None
+
+
+def _pending(row: Row, subscription: Subscription | None) -> PendingDelivery:
+    row_id, queue, entity_key, event_id, event_type, headers, value, attempts = row
+    return PendingDelivery(
+        id=int(row_id),
+        queue=queue,
+        entity_key=entity_key,
+        event_id=event_id,
+        event_type=event_type,
+        headers=orjson.loads(headers),
+        body=bytes(value),
+        attempts=int(attempts),
+        subscription=subscription,
+    )
+
+
+# --- the worker --------------------------------------------------------------------------------
+
+
+@dataclass
+class DeliveryStats:
+    """Counters since the worker started."""
+
+    keep_latencies: bool = False
+    delivered: int = 0
+    failed: int = 0  # attempts that failed (each retry counts)
+    dead: int = 0
+    dropped: int = 0  # deliveries of subscriptions removed meanwhile
+    latencies: list[float] = field(default_factory=list, repr=False)  # seconds per POST, if kept
+
+
+class DeliveryWorker:
+    """Claims due deliveries, POSTs them concurrently, records outcomes; runs until cancelled."""
+
+    def __init__(
+        self,
+        database: Database,
+        guard: CallbackGuard,
+        options: DeliveryOptions = DeliveryOptions(),
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        stranded_interval: float = 5.0,
+    ) -> None:
+        self.database = database
+        self.guard = guard
+        self.options = options
+        self.queue = DeliveryQueue(database)
+        self.stats = DeliveryStats()
+        self._transport = transport
+        self._stranded_interval = stranded_interval
+        self._wakeup = asyncio.Event()
+        self._in_flight: Counter[str] = Counter()
+        self._outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def wake(self) -> None:
+        """Look for due deliveries now (called when a fan-out commits)."""
+        self._wakeup.set()
+
+    @property
+    def in_flight(self) -> int:
+        return sum(self._in_flight.values())
+
+    async def run(self) -> None:
+        await self.database.create_tables(PARKED_TABLES, HUB_TABLES, HUB_DELIVERY_TABLES)
+        sender = WebhookSender(self.guard, self.options, self._transport)
+        loops = [
+            asyncio.create_task(self._claim_loop(sender), name="hub-delivery:claim"),
+            asyncio.create_task(self._settle_loop(), name="hub-delivery:settle"),
+        ]
+        try:
+            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            for task in (*loops, *self._sending):
+                task.cancel()
+            await asyncio.gather(*loops, *self._sending, return_exceptions=True)
+            self._sending.clear()
+            self._in_flight.clear()
+            await sender.close()  # leased deliveries not settled are due again when their lease ends
+
+    async def _claim_loop(self, sender: WebhookSender) -> None:
+        loop = asyncio.get_running_loop()
+        next_stranded_check = loop.time()
+        while True:
+            free = self.options.max_in_flight - self.in_flight
+            claimed: list[PendingDelivery] = []
+            if free > 0:
+                claimed = await self.queue.claim(
+                    min(free, self.options.batch_size), self.options.lease, self._room
+                )
+                for delivery in claimed:
+                    self._dispatch(sender, delivery)
+            if claimed and len(claimed) == min(free, self.options.batch_size):
+                continue  # there may be more due right now
+            if loop.time() >= next_stranded_check:
+                await self.queue.promote_stranded()
+                next_stranded_check = loop.time() + self._stranded_interval
+            await self._idle(busy=free <= 0)
+
+    def _room(self, queue: str) -> int:
+        return self.options.per_listener - self._in_flight[queue]
+
+    async def _idle(self, *, busy: bool) -> None:
+        delay = self.options.poll_interval
+        if not busy:
+            next_at = await self.queue.next_due_at()
+            if next_at is not None:
+                delay = min(delay, max(0.01, next_at - now()))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):  # not wait_for: it can swallow a cancel (3.11)
+                await self._wakeup.wait()
+        self._wakeup.clear()
+
+    def _dispatch(self, sender: WebhookSender, delivery: PendingDelivery) -> None:
+        self._in_flight[delivery.queue] += 1
+        task = asyncio.create_task(self._send(sender, delivery))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, sender: WebhookSender, delivery: PendingDelivery) -> None:
+        subscription = delivery.subscription
+        error: BaseException | None = None
+        if subscription is not None:
+            headers = delivery_headers(
+                delivery.headers, delivery.body, subscription.secret, delivery.attempts + 1
+            )
+            started = asyncio.get_running_loop().time()
+            try:
+                await sender.send(subscription.callback, delivery.body, headers)
+            except Exception as exc:  # classified errors, and bugs (retried, then dead with traceback)
+                error = exc
+            if self.stats.keep_latencies:
+                self.stats.latencies.append(asyncio.get_running_loop().time() - started)
+        await self._outcomes.put(Outcome(delivery, error))
+
+    async def _settle_loop(self) -> None:
+        while True:
+            batch = [await self._outcomes.get()]
+            while not self._outcomes.empty() and len(batch) < 1000:
+                batch.append(self._outcomes.get_nowait())
+            statuses = await self.queue.settle(batch, self.options.backoff)
+            self._count(batch, statuses)
+            for outcome in batch:
+                self._in_flight[outcome.delivery.queue] -= 1
+                if self._in_flight[outcome.delivery.queue] <= 0:
+                    del self._in_flight[outcome.delivery.queue]
+            self._wakeup.set()  # the next delivery of each settled entity may be due now
+
+    def _count(self, batch: Iterable[Outcome], statuses: Sequence[Status]) -> None:
+        for outcome in batch:
+            delivery = outcome.delivery
+            if delivery.subscription is None:
+                self.stats.dropped += 1
+            elif outcome.error is None:
+                self.stats.delivered += 1
+            else:
+                self.stats.failed += 1
+                log.warning(
+                    "hub delivery %s of %s to subscription %s failed (attempt %d): %s",
+                    delivery.event_type,
+                    delivery.entity_key,
+                    delivery.subscription.id,
+                    delivery.attempts + 1,
+                    outcome.error,
+                )
+        self.stats.dead += sum(1 for status in statuses if status is Status.DEAD)
+
+
+# --- wiring ------------------------------------------------------------------------------------
+
+
+def install(
+    platform: Platform,
+    apis: Sequence[TmfApi],
+    options: DeliveryOptions = DeliveryOptions(),
+    *,
+    extra_routes: Sequence[HubRoute] = (),
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> DeliveryWorker:
+    """Deliver the events of ``apis`` to their hub subscribers: the fan-out consumer and the worker."""
+    guard = CallbackGuard.from_settings(platform.settings.hub_allowed_networks)
+    worker = DeliveryWorker(platform.database, guard, options, transport=transport)
+    routes = [*(HubRoute.of(api) for api in apis), *extra_routes]
+    fan_out = HubFanOut(routes, postgresql=platform.database.kind == "postgresql", wake=worker.wake)
+    platform.add_tables(PARKED_TABLES, HUB_TABLES, HUB_DELIVERY_TABLES)
+    platform.add_consumer(fan_out.consumer(backoff=platform.settings.retry_backoff))
+    platform.add_task("hub-delivery:worker", worker.run)
+    return worker

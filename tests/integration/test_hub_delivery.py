@@ -1,0 +1,343 @@
+"""Hub webhook delivery end to end: bus → fan-out consumer → delivery worker → a REAL HTTP listener.
+
+The listener is a uvicorn server on 127.0.0.1 (random port); the SSRF guard
+allows loopback only. Each test runs on SQLite and on PostgreSQL (the embedded
+bus lives in the same database), so the queue's SQL and locking run for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import httpx
+import orjson
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request, Response
+
+from strowger.bus.embedded import EmbeddedBus
+from strowger.bus.runtime import ConsumerRunner
+from strowger.events.envelope import Category, Envelope, encode
+from strowger.events.topics import Topic
+from strowger.store.db import Database
+from strowger.store.deadletters import PARKED_TABLES, DeadLetterFilter, DeadLetterQueue
+from strowger.store.inbox import INBOX_TABLES
+from strowger.store.outbox import OUTBOX_TABLES, Outbox, OutboxRelay
+from strowger.tmf.delivery import (
+    EVENT_ID_HEADER,
+    HUB_DELIVERY_TABLES,
+    DeliveryOptions,
+    DeliveryWorker,
+    HubFanOut,
+    HubRoute,
+    queue_name,
+)
+from strowger.tmf.hubs import (
+    HUB_TABLES,
+    SIGNATURE_HEADER,
+    CallbackGuard,
+    HubStore,
+    UnsafeCallback,
+    sign,
+    verify,
+)
+from strowger.tmf.listener import Listener, NotificationReceiver, listener_router
+from tests.conftest import unique
+
+pytestmark = pytest.mark.integration
+
+API = "productOrderingManagement"
+LOOPBACK_ONLY = CallbackGuard((ipaddress.ip_network("127.0.0.0/8"),))
+TIMEOUT = 20.0
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> dict[str, object]:
+        loaded: dict[str, object] = orjson.loads(self.body)
+        return loaded
+
+
+@dataclass
+class RealListener:
+    """A uvicorn HTTP server recording every POST; ``status[path]`` chooses the answer."""
+
+    port: int = 0
+    received: list[Received] = field(default_factory=list)
+    status: dict[str, int] = field(default_factory=dict)
+    _server: uvicorn.Server | None = None
+    _task: asyncio.Task[None] | None = None
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.post("/{path:path}")
+        async def record(path: str, request: Request) -> Response:
+            self.received.append(Received(f"/{path}", dict(request.headers), await request.body()))
+            return Response(status_code=self.status.get(f"/{path}", 204))
+
+        return app
+
+    async def start(self) -> None:
+        if not self.port:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                self.port = probe.getsockname()[1]
+        config = uvicorn.Config(self.app(), host="127.0.0.1", port=self.port, log_level="warning")
+        self._server = uvicorn.Server(config)
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            await self._task
+            self._server = self._task = None
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def at(self, path: str) -> list[Received]:
+        return [r for r in self.received if r.path == path]
+
+
+async def wait_until(check: Callable[[], Awaitable[bool] | bool], what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    while True:
+        outcome = check()
+        if await outcome if not isinstance(outcome, bool) else outcome:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"timed out after {TIMEOUT}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def order_event(order_id: str, state: str, seq: int = 0, event_type: str = "") -> Envelope:
+    return Envelope(
+        event_type=event_type or "ProductOrderStateChangeEvent",
+        payload={"productOrder": {"id": order_id, "state": state, "seq": seq}},
+        entity_key=order_id,
+        correlation_id=f"corr-{order_id}",
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest) -> Database:
+    db: Database = request.getfixturevalue("sqlite_db" if request.param == "sqlite" else "postgres_db")
+    return db
+
+
+@pytest.fixture
+async def listener() -> AsyncIterator[RealListener]:
+    server = RealListener()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@dataclass
+class Hub:
+    bus: EmbeddedBus
+    database: Database
+    topic: str
+    store: HubStore
+    worker: DeliveryWorker
+    runner: ConsumerRunner
+
+    async def publish(self, *envelopes: Envelope) -> None:
+        await self.bus.publish([encode(envelope, self.topic) for envelope in envelopes])
+
+
+@pytest.fixture
+async def hub(database: Database) -> AsyncIterator[Hub]:
+    # Created up front, as the platform does at start (concurrent DDL races on PostgreSQL).
+    await database.create_tables(HUB_TABLES, PARKED_TABLES, HUB_DELIVERY_TABLES, INBOX_TABLES, OUTBOX_TABLES)
+    bus = EmbeddedBus("embedded://", database=database)
+    await bus.start()
+    topic = unique("hub")
+    await bus.ensure_topics([Topic(topic, Category.DOMAIN, partitions=3)])
+    options = DeliveryOptions(timeout=2.0, backoff=(0.2, 0.3, 0.4), lease=5.0, poll_interval=0.2)
+    worker = DeliveryWorker(database, LOOPBACK_ONLY, options, stranded_interval=0.5)
+    fan_out = HubFanOut([HubRoute(API, topic)], postgresql=database.kind == "postgresql", wake=worker.wake)
+    runner = ConsumerRunner(fan_out.consumer(backoff=(0.1,)), bus, database, fetch_timeout=0.2)
+    tasks = [asyncio.create_task(runner.run()), asyncio.create_task(worker.run())]
+    await wait_until(lambda: runner.started.is_set(), "the fan-out consumer to join")
+    yield Hub(bus, database, topic, HubStore(database, API), worker, runner)
+    for task in tasks:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert not [r for r in results if not isinstance(r, asyncio.CancelledError | type(None))], results
+    await bus.stop()
+
+
+async def test_delivers_exactly_the_filtered_events_with_signature(hub: Hub, listener: RealListener) -> None:
+    completed = await hub.store.add(
+        listener.url("/completed"),
+        "eventType=ProductOrderStateChangeEvent&event.productOrder.state=completed",
+        secret="s3cret",
+    )
+    everything = await hub.store.add(listener.url("/all"))
+    events = [
+        order_event("o1", "inProgress"),
+        order_event("o1", "completed", 1),
+        order_event("o2", "completed", event_type="ProductOrderCreateEvent"),
+        order_event("o3", "completed"),
+    ]
+    await hub.publish(*events)
+    await wait_until(lambda: len(listener.at("/all")) == 4 and len(listener.at("/completed")) == 2, "4 + 2")
+    await asyncio.sleep(0.3)  # nothing more arrives
+
+    filtered = listener.at("/completed")
+    assert len(filtered) == 2 and len(listener.at("/all")) == 4
+    assert {r.headers[EVENT_ID_HEADER.lower()] for r in filtered} == {events[1].event_id, events[3].event_id}
+    for received in filtered:
+        assert received.json["eventType"] == "ProductOrderStateChangeEvent"
+        assert verify("s3cret", received.body, received.headers[SIGNATURE_HEADER.lower()])
+        assert not verify("wrong", received.body, received.headers[SIGNATURE_HEADER.lower()])
+        assert received.headers["x-correlation-id"] == f"corr-{received.json['event']['productOrder']['id']}"  # type: ignore[index]
+        assert received.headers["content-type"] == "application/json"
+    unsigned = listener.at("/all")[0]
+    assert SIGNATURE_HEADER.lower() not in unsigned.headers
+    # the body is the message's JSON as published, byte for byte
+    assert {r.body for r in listener.at("/all")} == {encode(e, hub.topic).value for e in events}
+    assert hub.worker.stats.delivered == 6
+    assert completed.id != everything.id
+
+
+async def test_outage_waits_then_delivers_in_order(hub: Hub, listener: RealListener) -> None:
+    await hub.store.add(listener.url("/ordered"))
+    await listener.stop()  # a real outage: connection refused
+    events = [order_event("o9", "acknowledged", seq) for seq in range(5)]
+    events += [order_event("o8", "acknowledged", seq) for seq in range(3)]
+    await hub.publish(*events)
+    await wait_until(lambda: hub.worker.stats.failed >= 2, "failed attempts during the outage")
+    assert listener.received == []
+    await listener.start()  # same port
+
+    await wait_until(lambda: len(listener.at("/ordered")) >= 8, "the backlog after the outage")
+    for entity, count in (("o9", 5), ("o8", 3)):
+        seqs = [
+            r.json["event"]["productOrder"]["seq"]  # type: ignore[index]
+            for r in listener.at("/ordered")
+            if r.json["event"]["productOrder"]["id"] == entity  # type: ignore[index]
+        ]
+        assert seqs == list(range(count)), f"{entity} out of order: {seqs}"
+    assert hub.worker.stats.dead == 0
+
+
+async def test_failing_listener_does_not_block_others_and_dead_letters(
+    hub: Hub, listener: RealListener
+) -> None:
+    listener.status["/gone"] = 410
+    gone = await hub.store.add(listener.url("/gone"))
+    await hub.store.add(listener.url("/fine"))
+    first, second = order_event("o5", "acknowledged", 0), order_event("o5", "inProgress", 1)
+    await hub.publish(first, second)
+
+    await wait_until(lambda: len(listener.at("/fine")) == 2, "the healthy listener's deliveries")
+    dlq = DeadLetterQueue(hub.database)
+    queue = queue_name(API, gone.id)
+
+    async def one_dead() -> bool:
+        return len(await dlq.find(DeadLetterFilter(consumer=queue))) == 1
+
+    await wait_until(one_dead, "the 410 delivery in the dead-letter queue")
+    (letter,) = await dlq.find(DeadLetterFilter(consumer=queue))
+    assert letter.event_id == first.event_id and letter.error_type == "ListenerRejected"
+    assert "410" in (letter.error_message or "")
+    assert await dlq.waiting_behind(letter) == 1  # the second event waits behind the dead one
+    await asyncio.sleep(0.5)
+    assert len(listener.at("/gone")) == 1  # permanent: not retried, the later one not sent
+
+    listener.status["/gone"] = 204  # the operator fixed the listener and replays
+    await dlq.replay(DeadLetterFilter(consumer=queue))
+    await wait_until(lambda: len(listener.at("/gone")) == 3, "the replayed head and the one behind it")
+    assert [r.headers[EVENT_ID_HEADER.lower()] for r in listener.at("/gone")][1:] == [
+        first.event_id,
+        second.event_id,
+    ]
+
+
+async def test_metadata_callback_refused_at_subscription_and_at_delivery(
+    hub: Hub, listener: RealListener
+) -> None:
+    with pytest.raises(UnsafeCallback):
+        await LOOPBACK_ONLY.check("http://169.254.169.254/latest/meta-data/")
+    # A callback stored behind the guard's back (or made unsafe since) is refused when delivering.
+    sneaky = await hub.store.add("http://169.254.169.254/latest/meta-data/")
+    await hub.store.add(listener.url("/fine"))
+    event = order_event("o7", "completed")
+    await hub.publish(event)
+    dlq = DeadLetterQueue(hub.database)
+
+    async def refused() -> bool:
+        return bool(await dlq.find(DeadLetterFilter(consumer=queue_name(API, sneaky.id))))
+
+    await wait_until(refused, "the refused delivery in the dead-letter queue")
+    (letter,) = await dlq.find(DeadLetterFilter(consumer=queue_name(API, sneaky.id)))
+    assert letter.error_type == "CallbackRefused" and "metadata" in (letter.error_message or "")
+    await wait_until(lambda: len(listener.at("/fine")) == 1, "the safe listener's delivery")
+
+
+async def test_listener_side_turns_a_duplicated_notification_into_one_bus_event(database: Database) -> None:
+    """The receiving end: verify the signature, dedup by eventId, publish once through the outbox."""
+    await database.create_tables(OUTBOX_TABLES)
+    bus = EmbeddedBus("embedded://", database=database)
+    await bus.start()
+    topic = unique("received")
+    await bus.ensure_topics([Topic(topic, Category.DOMAIN, partitions=1)])
+    outbox = Outbox()
+    relay = OutboxRelay(database, bus, outbox, poll_interval=0.1)
+
+    class Sink:
+        async def emit(self, tx: object, envelope: Envelope, topic: str) -> None:
+            await outbox.add(tx, [encode(envelope, topic)])  # type: ignore[arg-type]
+
+    receiver = NotificationReceiver([Listener("crm", topic, secret="k")], database, Sink())
+    app = FastAPI()
+    app.include_router(listener_router(receiver))
+    server = RealListener()
+    server.app = lambda: app  # type: ignore[method-assign]
+    await server.start()
+    relay_task = asyncio.create_task(relay.run())
+    try:
+        body = orjson.dumps(order_event("o42", "completed").to_tmf())
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign("k", body)}
+        async with httpx.AsyncClient() as client:
+            answers = [
+                (await client.post(server.url("/listener/crm"), content=body, headers=headers)).status_code
+                for _ in range(2)
+            ]
+            forged = await client.post(
+                server.url("/listener/crm"), content=body, headers={SIGNATURE_HEADER: sign("x", body)}
+            )
+        assert answers == [204, 204] and forged.status_code == 401
+
+        reader = bus.subscriber(unique("reader"), [topic])
+        await reader.start()
+        got = []
+        deadline = asyncio.get_running_loop().time() + TIMEOUT
+        while asyncio.get_running_loop().time() < deadline and len(got) < 1:
+            got += await reader.fetch(10, 0.2)
+        got += await reader.fetch(10, 0.5)  # and nothing more
+        await reader.stop()
+        assert len(got) == 1
+        assert got[0].message.event_id == orjson.loads(body)["eventId"]
+        assert orjson.loads(got[0].message.value)["event"]["productOrder"]["id"] == "o42"
+    finally:
+        relay_task.cancel()
+        await asyncio.gather(relay_task, return_exceptions=True)
+        await server.stop()
+        await bus.stop()

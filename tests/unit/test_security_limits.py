@@ -1,0 +1,67 @@
+"""JSON limits name the path of the first offending value."""
+
+from __future__ import annotations
+
+import pytest
+
+from strowger.security.limits import InputLimits, LimitExceeded, check_json, is_json
+
+LIMITS = InputLimits(max_body_bytes=1000, max_array_length=3, max_string_length=5, max_json_depth=4)
+
+
+def test_a_document_within_the_limits_passes() -> None:
+    check_json({"a": [1, 2, {"b": "abcde"}], "@type": "x", "c": None}, LIMITS)
+    check_json({"d": 1.5, "e": True}, LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("document", "path"),
+    [
+        ({"items": [1, 2, 3, 4]}, "$.items"),
+        ({"items": [{"note": "toolong"}]}, "$.items[0].note"),
+        ({"@type": "toolong"}, "$.@type"),
+        ({"w k": "toolong"}, '$["w k"]'),
+        ({"a": {"b": {"c": {"d": {}}}}}, "$.a.b.c.d"),
+        ([[[[[]]]]], "$[0][0][0][0]"),
+        ({"k" * 6: 1}, "$ (a member name)"),
+        ({"a": 1, "b": 2, "c": 3, "d": 4}, "$"),
+        ("toolong", "$"),
+    ],
+)
+def test_the_first_value_over_a_limit_is_named(document: object, path: str) -> None:
+    with pytest.raises(LimitExceeded) as raised:
+        check_json(document, LIMITS)
+
+    assert raised.value.message.startswith(f"{path}:")
+    assert raised.value.status == 400
+
+
+def test_offenders_are_reported_in_document_order() -> None:
+    with pytest.raises(LimitExceeded, match=r"^\$\.first:"):
+        check_json({"first": "toolong", "b": "toolong"}, LIMITS)
+    with pytest.raises(LimitExceeded, match=r"^\$\[1\]:"):
+        check_json(["ok", "toolong", "toolong"], LIMITS)
+
+
+def test_a_hostile_depth_does_not_exhaust_the_stack() -> None:
+    document: object = []
+    for _ in range(100_000):
+        document = [document]
+
+    with pytest.raises(LimitExceeded, match="nesting deeper"):
+        check_json(document, InputLimits(max_json_depth=50))
+
+
+@pytest.mark.parametrize(
+    ("content_type", "expected"),
+    [
+        ("application/json", True),
+        ("application/json; charset=utf-8", True),
+        ("application/merge-patch+json", True),
+        ("Application/JSON", True),
+        ("text/plain", False),
+        ("", False),
+    ],
+)
+def test_json_media_types(content_type: str, expected: bool) -> None:
+    assert is_json(content_type) is expected
