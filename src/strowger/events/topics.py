@@ -29,6 +29,7 @@ RESOURCE_EVENTS = Topic("oss.resource.events", Category.DOMAIN)
 SERVICE_COMMANDS = Topic("oss.service.commands", Category.COMMAND, replayable=False)
 RESOURCE_COMMANDS = Topic("oss.resource.commands", Category.COMMAND, replayable=False)
 ACTIVATION_COMMANDS = Topic("oss.activation.commands", Category.COMMAND, replayable=False)
+INVENTORY_COMMANDS = Topic("oss.inventory.commands", Category.COMMAND, replayable=False)
 NOTIFICATION_EVENTS = Topic("bss.notification.events", Category.NOTIFICATION)
 SYSTEM_EVENTS = Topic("ops.system.events", Category.SYSTEM)
 ALERT_EVENTS = Topic("ops.alerts", Category.SYSTEM)
@@ -43,6 +44,7 @@ ALL_TOPICS: tuple[Topic, ...] = (
     SERVICE_COMMANDS,
     RESOURCE_COMMANDS,
     ACTIVATION_COMMANDS,
+    INVENTORY_COMMANDS,
     NOTIFICATION_EVENTS,
     SYSTEM_EVENTS,
     ALERT_EVENTS,
