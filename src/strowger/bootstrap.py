@@ -59,6 +59,7 @@ class Platform:
     routers: list[Any] = field(default_factory=list)
     runners: list[ConsumerRunner] = field(default_factory=list)
     index_links: list[tuple[str, str]] = field(default_factory=list)
+    alerts: Any = None  # the AlertMonitor, once monitoring is installed (dashboard reads active alerts)
     started: bool = False
     _running: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -135,6 +136,7 @@ def bootstrap(settings: Settings) -> Platform:
     _backbone(platform)
     _tmf_apis(platform)
     _ordering(platform)
+    _downstream(platform)
     _operations(platform)
     return platform
 
@@ -223,6 +225,17 @@ def _ordering(platform: Platform) -> None:
     install_projections(platform)
 
 
+def _downstream(platform: Platform) -> None:
+    """Choreography: components that react to order events and that no publisher knows about."""
+    from strowger.components.analytics.wiring import install as install_analytics
+    from strowger.components.billing.wiring import install as install_billing
+    from strowger.components.notification.wiring import install as install_notification
+
+    install_billing(platform)
+    install_notification(platform)
+    install_analytics(platform)
+
+
 def _operations(platform: Platform) -> None:
     from strowger.events.registry import SchemaRegistry
     from strowger.events.schemas import builtin_schemas
@@ -244,3 +257,22 @@ def _operations(platform: Platform) -> None:
     platform.add_router(registry_router(registry), title="Schema registry", href="/schema-registry/subjects")
     platform.add_router(asyncapi_router(registry), title="AsyncAPI", href="/asyncapi.json")
     platform.add_router(trace_router)
+    _monitoring(platform)
+
+
+def _monitoring(platform: Platform) -> None:
+    """Gauges that need a query, and the alert rules over the same observations."""
+    from strowger.ops.alerts import AlertEngine, AlertMonitor, AlertSettings
+    from strowger.ops.sampler import PlatformSampler, run_monitor
+
+    sampler = PlatformSampler(
+        platform.database,
+        platform.bus,
+        platform.metrics,
+        platform.runners,  # filled as components add consumers; read at each sample
+        sagas=any(table.name.startswith("saga") for table in platform.tables),
+    )
+    engine = AlertEngine.from_settings(AlertSettings())
+    monitor = AlertMonitor(platform.database, sampler, platform.sink("operations"), engine)
+    platform.alerts = monitor
+    platform.add_task("alert-monitor", lambda: run_monitor(monitor))

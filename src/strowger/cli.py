@@ -100,9 +100,12 @@ def run(
         f"Strowger {__version__}: database [bold]{settings.database}[/], bus [bold]{settings.bus}[/], "
         f"serving on http://{settings.host}:{settings.port} (Ctrl-C stops)",
         highlight=False,
+        soft_wrap=True,
     )
     if admin_key:
-        console.print(f"admin API key (send as X-API-Key): [bold]{admin_key}[/]", highlight=False)
+        console.print(
+            f"admin API key (send as X-API-Key): [bold]{admin_key}[/]", highlight=False, soft_wrap=True
+        )
     uvicorn.run(
         create_app(platform, security),
         host=settings.host,

@@ -134,11 +134,19 @@ def _segments_match(pattern: Sequence[str], path: Sequence[str]) -> bool:
 
 
 DEFAULT_PUBLIC_PATHS = ("/health", "/ready")
+# Pages that hold no data (the dashboard's shell asks for a key, then fetches its data with it):
+# a browser cannot send a header when it navigates, so GET on these needs no credential.
+PUBLIC_PAGES = ("/dashboard",)
 
 DEFAULT_RULES: tuple[Rule, ...] = (
+    *(Rule(page, PUBLIC, methods=frozenset(READ_METHODS)) for page in PUBLIC_PAGES),
+    Rule("/dashboard/api/**", needs(OPERATOR), methods=frozenset(READ_METHODS)),
     Rule("/dlq/**", needs(OPERATOR)),
     Rule("/sagas/**", needs(OPERATOR)),
     Rule("/audit/**", needs(OPERATOR)),
+    Rule("/trace/**", needs(OPERATOR), methods=frozenset(READ_METHODS)),
+    Rule("/analytics/**", needs(OPERATOR), methods=frozenset(READ_METHODS)),
+    Rule("/activation/**", needs(OPERATOR)),
     Rule("/schema-registry/**", api="schema-registry"),
     Rule("/asyncapi.json", needs("schema-registry:read")),
     Rule("/metrics", needs("metrics:read")),

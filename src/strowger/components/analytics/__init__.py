@@ -1,0 +1,1 @@
+"""Order analytics: counts, durations and revenue per offering, from events alone."""

@@ -1,0 +1,1 @@
+"""Customer notifications: templates per event, pluggable channels, delivery outside transactions."""

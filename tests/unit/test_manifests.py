@@ -1,0 +1,163 @@
+"""The Kubernetes manifests (deploy/kubernetes) parse and keep the deployment invariants."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from strowger.components.registry import COMPONENTS
+from strowger.events.topics import ALL_TOPICS
+from strowger.security.settings import SecuritySettings
+from strowger.settings import Settings, bus_kind, database_kind
+
+ROOT = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
+MANIFESTS = sorted(ROOT.rglob("*.yaml"))
+
+Doc = dict[str, Any]
+
+
+def documents(path: Path) -> list[Doc]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def every_document() -> Iterator[tuple[Path, Doc]]:
+    for path in MANIFESTS:
+        for doc in documents(path):
+            yield path, doc
+
+
+def of_kind(kind: str) -> list[Doc]:
+    return [doc for _, doc in every_document() if doc["kind"] == kind]
+
+
+def pod_specs() -> list[tuple[str, Doc]]:
+    workloads = of_kind("Deployment") + of_kind("Job")
+    return [(doc["metadata"]["name"], doc["spec"]["template"]["spec"]) for doc in workloads]
+
+
+def kustomize_resources() -> list[str]:
+    return list(yaml.safe_load((ROOT / "kustomization.yaml").read_text())["resources"])
+
+
+def test_there_are_manifests_and_they_all_parse() -> None:
+    assert len(MANIFESTS) >= 5
+    for path, doc in every_document():
+        assert {"apiVersion", "kind"} <= doc.keys(), path
+        assert doc["kind"] == "Kustomization" or doc["metadata"]["name"], path
+
+
+@pytest.mark.parametrize("component", COMPONENTS, ids=lambda component: component.name)
+def test_each_component_has_a_deployment_service_and_disruption_budget(component: Any) -> None:
+    docs = {doc["kind"]: doc for doc in documents(ROOT / "components" / f"{component.name}.yaml")}
+    assert sorted(docs) == ["Deployment", "PodDisruptionBudget", "Service"]
+    deployment, service, budget = docs["Deployment"], docs["Service"], docs["PodDisruptionBudget"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert pod_labels["app.kubernetes.io/component"] == component.name
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["strowger", "run", component.name]
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert "maxUnavailable" in budget["spec"] or "minAvailable" in budget["spec"]
+
+
+def test_every_deployment_has_liveness_and_readiness_probes() -> None:
+    for deployment in of_kind("Deployment"):
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            assert container["livenessProbe"]["httpGet"]["path"] == "/health", deployment["metadata"]["name"]
+            assert container["readinessProbe"]["httpGet"]["path"] == "/ready", deployment["metadata"]["name"]
+
+
+def test_every_container_has_requests_and_limits() -> None:
+    for name, spec in pod_specs():
+        for container in spec["containers"]:
+            resources = container["resources"]
+            for bound in ("requests", "limits"):
+                assert {"cpu", "memory"} <= resources[bound].keys(), (name, bound)
+
+
+def test_every_pod_runs_as_non_root_without_privilege_escalation() -> None:
+    for name, spec in pod_specs():
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["runAsUser"] != 0, name
+        for container in spec["containers"]:
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False, name
+            assert security["readOnlyRootFilesystem"] is True, name
+            assert security["capabilities"]["drop"] == ["ALL"], name
+
+
+def test_every_image_is_pinned_to_a_tag_other_than_latest() -> None:
+    for name, spec in pod_specs():
+        for container in spec["containers"]:
+            image = container["image"]
+            repository, _, tag = image.rpartition(":")
+            assert repository and "/" not in tag, f"{name}: {image} has no tag"
+            assert tag != "latest", f"{name}: {image}"
+
+
+def test_every_deployment_takes_its_settings_from_the_configmap_and_secret() -> None:
+    for deployment in of_kind("Deployment"):
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        sources = container["envFrom"]
+        assert {"configMapRef": {"name": "strowger-config"}} in sources
+        assert {"secretRef": {"name": "strowger-secrets"}} in sources
+        # no setting written into a Deployment that would bypass the ConfigMap/Secret
+        assert all(
+            not var["name"].startswith(("STROWGER_DATABASE", "STROWGER_BUS")) for var in container["env"]
+        )
+
+
+def test_no_default_broker_credentials_anywhere() -> None:
+    for path in [*MANIFESTS, ROOT.parent / "README.md"]:
+        text = path.read_text().lower()
+        assert "guest:guest" not in text, path
+        assert "guest/guest" not in text, path
+
+
+def test_the_configmap_holds_valid_settings() -> None:
+    (config,) = of_kind("ConfigMap")
+    data: dict[str, str] = config["data"]
+    security_fields = {f"STROWGER_SECURITY_{name.upper()}" for name in SecuritySettings.model_fields}
+    platform = {}
+    for key, value in data.items():
+        if key.startswith("STROWGER_SECURITY_"):
+            assert key in security_fields, key
+        elif key.startswith("STROWGER_"):
+            field = key.removeprefix("STROWGER_").lower()
+            assert field in Settings.model_fields or field == "service_name", key
+            if field in Settings.model_fields:
+                platform[field] = value
+    Settings(**platform)  # every value parses (ValidationError otherwise)
+
+
+def test_the_secret_is_a_template_with_valid_url_shapes() -> None:
+    path = ROOT / "secret.example.yaml"
+    (secret,) = documents(path)
+    values: dict[str, str] = secret["stringData"]
+    database_kind(values["STROWGER_DATABASE_URL"])
+    bus_kind(values["STROWGER_BUS_URL"])
+    assert "CHANGE-ME" in values["STROWGER_DATABASE_URL"]
+    assert path.name not in kustomize_resources(), "a template must never be applied"
+    assert not any(doc["kind"] == "Secret" for where, doc in every_document() if where != path)
+
+
+def test_kustomization_lists_existing_files_and_every_available_component() -> None:
+    resources = kustomize_resources()
+    for resource in resources:
+        assert (ROOT / resource).is_file(), resource
+    for component in COMPONENTS:
+        listed = f"components/{component.name}.yaml" in resources
+        assert listed == component.available, component.name
+
+
+def test_the_topic_job_creates_the_whole_catalogue() -> None:
+    (job,) = [doc for doc in of_kind("Job") if doc["metadata"]["name"] == "strowger-kafka-topics"]
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    (topics,) = [var["value"] for var in container["env"] if var["name"] == "TOPICS"]
+    assert topics.split() == [f"{topic.name}:{topic.partitions}" for topic in ALL_TOPICS]
