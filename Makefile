@@ -20,6 +20,7 @@ run: $(STAMP)
 ## Install, start PostgreSQL/Kafka/RabbitMQ, lint, type-check and run every test
 test: $(STAMP) lint typecheck
 	scripts/services up
+	scripts/browser
 	STROWGER_REQUIRE_SERVICES=$${CI:-false} $(BIN)/pytest -q tests
 
 lint: $(STAMP)

@@ -217,12 +217,15 @@ def _tmf_apis(platform: Platform) -> None:
 
 
 def _ordering(platform: Platform) -> None:
-    """COM (TMF622, event-sourced) and its read side."""
+    """COM (TMF622, event-sourced) and its read side; SOM (TMF641) and its fulfilment saga."""
     from strowger.components.ordering.wiring import install as install_ordering
     from strowger.projections.wiring import install as install_projections
 
     install_ordering(platform)
     install_projections(platform)
+    from strowger.components.service_ordering.wiring import install as install_service_ordering
+
+    install_service_ordering(platform)
 
 
 def _downstream(platform: Platform) -> None:
@@ -258,6 +261,9 @@ def _operations(platform: Platform) -> None:
     platform.add_router(asyncapi_router(registry), title="AsyncAPI", href="/asyncapi.json")
     platform.add_router(trace_router)
     _monitoring(platform)
+    from strowger.ops.dashboard import install as install_dashboard
+
+    install_dashboard(platform)
 
 
 def _monitoring(platform: Platform) -> None:

@@ -27,11 +27,13 @@ def _mount_subcommands() -> None:
     from strowger.commands.dlq import dlq_app
     from strowger.commands.history import history
     from strowger.commands.projections import projections_app
+    from strowger.commands.sagas import sagas_app
     from strowger.commands.trace import trace
 
     app.add_typer(bench_app, name="bench")
     app.add_typer(dlq_app, name="dlq")
     app.add_typer(projections_app, name="projections")
+    app.add_typer(sagas_app, name="sagas")
     app.command("trace")(trace)
     app.command("history")(history)
 

@@ -171,6 +171,7 @@ class SagaEngine:
             succeeded=reply.event_type == call.succeeded,
             detail=_reply_detail(reply),
             result=dict(reply.payload),
+            permanent=reply.payload.get("permanent") is True,
         )
         if decision.ignored:
             await self._log_ignored(tx, state, record, f"{reply.event_type} ignored: {decision.ignored}")

@@ -298,12 +298,17 @@ class _Plan:
         status = StepStatus.UNCERTAIN if step.timeouts else StepStatus.FAILED
         self.set_step(index, status, reason, deadline=None)
 
-    def retry_or_give_up(self, index: int, role: Role, reason: str, *, refusal: bool) -> None:
-        """After a timeout or a refusal: wait and send again if the policy allows, else give up."""
+    def retry_or_give_up(
+        self, index: int, role: Role, reason: str, *, refusal: bool, permanent: bool = False
+    ) -> None:
+        """After a timeout or a refusal: wait and send again if the policy allows, else give up.
+
+        A ``permanent`` refusal (the executor says trying again cannot help) is never retried.
+        """
         step = self.state.steps[index]
         call = self.call(index, role)
         attempts = step.attempts if role is Role.ACTION else step.compensation_attempts
-        retryable = not refusal or role is Role.COMPENSATION or call.retry.retry_refusals
+        retryable = not permanent and (not refusal or role is Role.COMPENSATION or call.retry.retry_refusals)
         running = self.state.status is SagaStatus.RUNNING or role is Role.COMPENSATION
         if retryable and running and call.retry.allows_another(attempts):
             self._schedule_retry(index, role, call.retry.delay(attempts), reason)
@@ -363,11 +368,19 @@ def on_reply(
     succeeded: bool,
     detail: str = "",
     result: Mapping[str, Any] | None = None,
+    permanent: bool = False,
 ) -> Decision:
-    """A reply to the command ``command_id`` (the ``role`` call of step ``step``)."""
+    """A reply to the command ``command_id`` (the ``role`` call of step ``step``).
+
+    A failure marked ``permanent`` is not retried, whatever the retry policy.
+    """
     if role is Role.ACTION:
-        return _on_action_reply(state, definition, now, new_id, step, command_id, succeeded, detail, result)
-    return _on_compensation_reply(state, definition, now, new_id, step, command_id, succeeded, detail)
+        return _on_action_reply(
+            state, definition, now, new_id, step, command_id, succeeded, detail, result, permanent
+        )
+    return _on_compensation_reply(
+        state, definition, now, new_id, step, command_id, succeeded, detail, permanent
+    )
 
 
 def _on_action_reply(
@@ -380,6 +393,7 @@ def _on_action_reply(
     succeeded: bool,
     detail: str,
     result: Mapping[str, Any] | None,
+    permanent: bool = False,
 ) -> Decision:
     step = state.steps[index]
     if state.status not in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
@@ -398,7 +412,7 @@ def _on_action_reply(
     if command_id != step.command_id or step.status is not StepStatus.IN_FLIGHT:
         return Decision(state, ignored=f"stale failure of an earlier attempt of step {step.name}")
     plan.record_error(index, f"attempt {step.attempts}: {detail}")
-    plan.retry_or_give_up(index, Role.ACTION, detail, refusal=True)
+    plan.retry_or_give_up(index, Role.ACTION, detail, refusal=True, permanent=permanent)
     return plan.decision()
 
 
@@ -411,6 +425,7 @@ def _on_compensation_reply(
     command_id: str,
     succeeded: bool,
     detail: str,
+    permanent: bool = False,
 ) -> Decision:
     step = state.steps[index]
     if state.status not in (SagaStatus.COMPENSATING, SagaStatus.QUARANTINED):
@@ -427,7 +442,7 @@ def _on_compensation_reply(
     if command_id != step.command_id or step.status is not StepStatus.COMPENSATING:
         return Decision(state, ignored=f"stale failure of an earlier compensation of step {step.name}")
     plan.record_error(index, f"compensation attempt {step.compensation_attempts}: {detail}")
-    plan.retry_or_give_up(index, Role.COMPENSATION, detail, refusal=True)
+    plan.retry_or_give_up(index, Role.COMPENSATION, detail, refusal=True, permanent=permanent)
     return plan.decision()
 
 

@@ -15,8 +15,9 @@ import httpx
 from fastapi import FastAPI
 from starlette.routing import Route
 
-from strowger.security.scopes import DEFAULT_PUBLIC_PATHS
+from strowger.security.scopes import DEFAULT_PUBLIC_PATHS, PUBLIC_PAGES
 
+_OPEN_BY_DESIGN = (*DEFAULT_PUBLIC_PATHS, *PUBLIC_PAGES)
 _PARAMETER = re.compile(r"\{[^}/]+\}")
 _METHODS = ("get", "head", "post", "put", "patch", "delete", "options")
 
@@ -32,9 +33,7 @@ def enumerate_operations(app: FastAPI) -> list[tuple[str, str]]:
     return sorted(set(found))
 
 
-async def unprotected_operations(
-    app: FastAPI, *, public_paths: Iterable[str] = DEFAULT_PUBLIC_PATHS
-) -> list[str]:
+async def unprotected_operations(app: FastAPI, *, public_paths: Iterable[str] = _OPEN_BY_DESIGN) -> list[str]:
     """Every operation (outside ``public_paths``) that does NOT answer 401 without credentials.
 
     Path parameters are filled with a placeholder; an empty list means the app is closed.
@@ -59,9 +58,7 @@ async def unprotected_operations(
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 
 
-async def assert_all_routes_protected(
-    app: FastAPI, *, public_paths: Iterable[str] = DEFAULT_PUBLIC_PATHS
-) -> int:
+async def assert_all_routes_protected(app: FastAPI, *, public_paths: Iterable[str] = _OPEN_BY_DESIGN) -> int:
     """Raise AssertionError listing every route open without credentials; returns how many were checked."""
     failures = await unprotected_operations(app, public_paths=public_paths)
     assert not failures, "routes answering without credentials: " + "; ".join(failures)
