@@ -23,7 +23,15 @@ from strowger.projections.engine import (
     rebuild,
     status,
 )
-from strowger.projections.wiring import builtin_projections, event_store_source, find_projection
+from strowger.projections.sagas import SAGA_LOG_ORDER
+from strowger.projections.wiring import (
+    builtin_projections,
+    event_store_source,
+    find_projection,
+    saga_projections,
+    source_for,
+)
+from strowger.saga.store import SAGA_TABLES
 from strowger.store.db import Database, open_database
 
 projections_app = typer.Typer(
@@ -43,6 +51,7 @@ def _run(operation: Callable[[Database], Awaitable[T]]) -> T:
     async def main() -> T:
         async with open_database(settings.database_url) as database:
             await event_store_source(database).store.setup()
+            await database.create_tables(SAGA_TABLES, SAGA_LOG_ORDER)  # the saga views' source
             return await operation(database)
 
     return asyncio.run(main())
@@ -68,9 +77,9 @@ def _table(rows: list[ProjectionStatus]) -> Table:
 
 
 async def _statuses(database: Database, names: list[str]) -> list[ProjectionStatus]:
-    source = event_store_source(database)
-    chosen = [find_projection(name) for name in names] if names else builtin_projections()
-    return [await status(database, source, projection) for projection in chosen]
+    everything = [*builtin_projections(), *saga_projections()]
+    chosen = [find_projection(name) for name in names] if names else everything
+    return [await status(database, source_for(projection, database), projection) for projection in chosen]
 
 
 @projections_app.command("list")
@@ -111,7 +120,7 @@ def rebuild_projection(
         console.print(f"  g{generation.generation}: at position {generation.position}", highlight=False)
 
     async def operation(database: Database) -> RebuildReport:
-        source = event_store_source(database)
+        source = source_for(projection, database)
         return await rebuild(
             database, source, projection, batch_size=batch_size, takeover=takeover, progress=progress
         )

@@ -273,8 +273,7 @@ class CustomerProductsProjection(Projection):
         )
         before = None if row is None else _load(row[0])
         order = fold(order_id, before, event)
-        was_delivered = before is not None and before["document"].get("state") in _DELIVERED
-        if order.document.get("state") in _DELIVERED and not was_delivered:
+        if is_delivery(None if before is None else before["document"], order.document):
             await self._deliver(tx, tables, order_id, order.to_tmf(), event)
         if order.deleted or order.is_final:  # nothing further can change its products
             await tx.execute(
@@ -292,17 +291,7 @@ class CustomerProductsProjection(Projection):
     async def _deliver(
         self, tx: Transaction, tables: Tables, order_id: str, document: Mapping[str, Any], event: StoredEvent
     ) -> None:
-        customer_id, _ = customer_of(document)
-        if customer_id is None:
-            return
-        at = str(document.get("completionDate") or event.recorded_at.isoformat())
-        for item in document.get("productOrderItem") or ():
-            if item.get("state") != "completed":
-                continue
-            product = item.get("product") or {}
-            offering = item.get("productOffering") or {}
-            product_id = str(product.get("id") or f"{order_id}-{item['id']}")
-            terminated = item.get("action") == "delete"
+        for delivered in delivered_products(order_id, document, event.recorded_at.isoformat()):
             await tx.execute(
                 tables.sql(
                     "INSERT INTO {customer_product} (product_id, customer_id, status, offering_id, "
@@ -316,18 +305,76 @@ class CustomerProductsProjection(Projection):
                     "termination_date = excluded.termination_date, updated_at = excluded.updated_at"
                 ),
                 (
-                    product_id,
-                    customer_id,
-                    "terminated" if terminated else "active",
-                    offering.get("id"),
-                    offering.get("name"),
+                    delivered.product_id,
+                    delivered.customer_id,
+                    delivered.status,
+                    delivered.offering.get("id"),
+                    delivered.offering.get("name"),
                     order_id,
-                    str(item["id"]),
-                    None if terminated else at,
-                    at if terminated else None,
-                    at,
+                    delivered.order_item_id,
+                    None if delivered.terminated else delivered.at,
+                    delivered.at if delivered.terminated else None,
+                    delivered.at,
                 ),
             )
+
+
+@dataclass(frozen=True)
+class DeliveredProduct:
+    """What one completed item of a delivered order does to a customer's product."""
+
+    product_id: str
+    customer_id: str
+    action: str  # add, modify or delete (TMF622 ItemActionType)
+    at: str  # when it took effect: the order's completionDate
+    order_item_id: str
+    offering: Mapping[str, Any]
+    item: Mapping[str, Any]
+
+    @property
+    def terminated(self) -> bool:
+        return self.action == "delete"
+
+    @property
+    def status(self) -> str:
+        return "terminated" if self.terminated else "active"
+
+
+def delivered_products(
+    order_id: str, document: Mapping[str, Any], fallback_at: str
+) -> list[DeliveredProduct]:
+    """The product changes an order that just became completed/partial brings, item by item.
+
+    Pure: the live ``customer_products`` view and the point-in-time replay
+    (:mod:`strowger.components.inventory.asof`) both fold orders through it.
+    """
+    customer_id, _ = customer_of(document)
+    if customer_id is None:
+        return []
+    at = str(document.get("completionDate") or fallback_at)
+    changes = []
+    for item in document.get("productOrderItem") or ():
+        if item.get("state") != "completed":
+            continue
+        product = item.get("product") or {}
+        changes.append(
+            DeliveredProduct(
+                product_id=str(product.get("id") or f"{order_id}-{item['id']}"),
+                customer_id=str(customer_id),
+                action=str(item.get("action")),
+                at=at,
+                order_item_id=str(item["id"]),
+                offering=item.get("productOffering") or {},
+                item=item,
+            )
+        )
+    return changes
+
+
+def is_delivery(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> bool:
+    """Whether an order document moved INTO a delivered state (completed, partial) with this event."""
+    was_delivered = before is not None and before.get("state") in _DELIVERED
+    return after.get("state") in _DELIVERED and not was_delivered
 
 
 @dataclass(frozen=True)

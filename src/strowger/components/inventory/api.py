@@ -21,6 +21,7 @@ from strowger.tmf.hubs import CallbackGuard
 from strowger.tmf.resources import (
     EventSink,
     Lifecycle,
+    ResourceService,
     ResourceType,
     TmfApi,
     load_definitions,
@@ -160,8 +161,17 @@ RESOURCE_INVENTORY_API = _inventory_api(
 def product_inventory_router(
     database: Database, event_sink: EventSink, guard: CallbackGuard | None = None
 ) -> APIRouter:
-    """TMF637 (``product``, ``/hub``, ``/openapi.json``) under ``/tmf-api/productInventory/v4``."""
-    return tmf_router(PRODUCT_INVENTORY_API, database, event_sink, guard or CallbackGuard())
+    """TMF637 (``product``, ``/hub``, ``/openapi.json``) under ``/tmf-api/productInventory/v4``.
+
+    ``GET product`` and ``GET product/{id}`` also take ``asOf`` (see :mod:`.asof`).
+    """
+    from strowger.components.inventory.asof import add_as_of_routes  # it needs this module's API
+
+    router = tmf_router(PRODUCT_INVENTORY_API, database, event_sink, guard or CallbackGuard())
+    (resource,) = PRODUCT_INVENTORY_API.resources
+    return add_as_of_routes(
+        router, database, ResourceService(PRODUCT_INVENTORY_API, resource, database, event_sink)
+    )
 
 
 def service_inventory_router(
