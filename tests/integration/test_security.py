@@ -5,6 +5,7 @@ from __future__ import annotations
 import stat
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,23 @@ def bearer(scope: str, **changes: Any) -> dict[str, str]:
     return {"Authorization": f"Bearer {jwt.encode(claims, SECRET, algorithm='HS256')}"}
 
 
+@dataclass(frozen=True)
+class Bearer:
+    """A bearer token minted when the test runs: one minted at collection time would have
+    expired by the time a long suite reaches the test."""
+
+    scope: str
+    expires_in: int = 60
+    changes: tuple[tuple[str, Any], ...] = ()
+
+    def headers(self) -> dict[str, str]:
+        return bearer(self.scope, exp=int(time.time()) + self.expires_in, **dict(self.changes))
+
+
+def as_headers(headers: dict[str, str] | Bearer) -> dict[str, str]:
+    return headers.headers() if isinstance(headers, Bearer) else headers
+
+
 async def test_health_is_open(client: httpx.AsyncClient) -> None:
     assert (await client.get("/health")).status_code == 200
 
@@ -156,13 +174,13 @@ async def test_no_credentials_is_401_with_a_bearer_challenge(
 @pytest.mark.parametrize(
     "headers",
     [{"X-API-Key": "stw_wrong"}, {"Authorization": "Bearer not.a.jwt"}, {"Authorization": "Basic dTpw"},
-     bearer("tmf622:read", exp=int(time.time()) - 3600), bearer("tmf622:read", aud="other")],
+     Bearer("tmf622:read", expires_in=-3600), Bearer("tmf622:read", changes=(("aud", "other"),))],
     ids=["unknown-key", "garbage-token", "basic", "expired", "wrong-audience"],
 )  # fmt: skip
 async def test_invalid_credentials_are_401_invalid_token(
-    client: httpx.AsyncClient, headers: dict[str, str]
+    client: httpx.AsyncClient, headers: dict[str, str] | Bearer
 ) -> None:
-    response = await client.get(f"{ORDERING}/productOrder", headers=headers)
+    response = await client.get(f"{ORDERING}/productOrder", headers=as_headers(headers))
 
     assert response.status_code == 401
     assert 'error="invalid_token"' in response.headers["www-authenticate"]
@@ -175,14 +193,14 @@ async def test_invalid_credentials_are_401_invalid_token(
         ("POST", f"{ORDERING}/productOrder", key("reader")),
         ("POST", "/dlq/1/discard", key("writer")),
         ("GET", f"{ORDERING}/productOrder", key("operator")),
-        ("GET", f"{ORDERING}/productOrder", bearer("tmf620:read")),
+        ("GET", f"{ORDERING}/productOrder", Bearer("tmf620:read")),
         ("GET", "/schema-registry/subjects", key("writer")),
     ],
 )
 async def test_a_missing_scope_is_403(
-    client: httpx.AsyncClient, method: str, path: str, headers: dict[str, str]
+    client: httpx.AsyncClient, method: str, path: str, headers: dict[str, str] | Bearer
 ) -> None:
-    response = await client.request(method, path, headers=headers, json={})
+    response = await client.request(method, path, headers=as_headers(headers), json={})
 
     assert response.status_code == 403
     assert response.json()["code"] == "forbidden"
