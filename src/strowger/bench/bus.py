@@ -3,8 +3,11 @@
 Strowger's figures (the bus under test, the database holding inbox, effects and outbox):
 
 * ``consume_per_s`` — N events already on the bus, consumed by a :class:`ConsumerRunner`
-  whose handler writes one effect row per event: decode, inbox, effect, commit, ack.
-  Timed from the first delivery handled to the last batch acknowledged.
+  whose *batch handler* writes one effect row per event (one ``executemany`` per batch):
+  decode, inbox, effects, commit, ack. Timed from the first delivery handled to the last
+  batch acknowledged.
+* ``consume_per_event_handler_per_s`` — the same events read again by a second group
+  whose per-event handler writes each effect row with its own ``execute``.
 * ``latency_p50_ms`` / ``latency_p99_ms`` — publish→handled: events published one by one at
   :data:`PACED_RATE`/s (the raw peer's paced rate), or at half the measured throughput if
   that is lower (below saturation, so queueing does not swamp the figure), while the
@@ -31,7 +34,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -74,11 +77,13 @@ EFFECT_TABLES = TableSet(
     name="bench-effects",
     sqlite=[
         "CREATE TABLE IF NOT EXISTS bench_effects "
-        "(event_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, state TEXT NOT NULL)"
+        "(consumer TEXT NOT NULL, event_id TEXT NOT NULL, order_id TEXT NOT NULL, state TEXT NOT NULL, "
+        "PRIMARY KEY (consumer, event_id))"
     ],
     postgresql=[
         "CREATE TABLE IF NOT EXISTS bench_effects "
-        "(event_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, state TEXT NOT NULL)"
+        "(consumer TEXT NOT NULL, event_id TEXT NOT NULL, order_id TEXT NOT NULL, state TEXT NOT NULL, "
+        "PRIMARY KEY (consumer, event_id))"
     ],
 )
 
@@ -95,7 +100,8 @@ def service_url(name: str) -> str:
 class StrowgerFigures:
     """Strowger's side of one run (None where a phase was not run)."""
 
-    consume_per_s: float = 0.0
+    consume_per_s: float = 0.0  # batch handler
+    consume_per_event_handler_per_s: float = 0.0
     latency_p50_ms: float = 0.0
     latency_p99_ms: float = 0.0
     relay_per_s: float = 0.0
@@ -256,6 +262,9 @@ async def _new_topic(bus: Bus, topics: list[str], kind: str) -> str:
 # -- Strowger: consume → handle → commit ----------------------------------------------------------------
 
 
+_EFFECT_INSERT = "INSERT INTO bench_effects (consumer, event_id, order_id, state) VALUES (?, ?, ?, ?)"
+
+
 class _Timing:
     """What the handler and the acknowledgements saw, for the figures."""
 
@@ -272,18 +281,25 @@ class _Timing:
         self.first_handled = None
         self.reached.clear()
 
-    async def handle(self, envelope: Envelope, uow: UnitOfWork) -> None:
-        """The benchmark's handler: one effect row per event (and the latency if it was paced)."""
-        if self.first_handled is None:
-            self.first_handled = time.perf_counter()
+    def _effect(self, envelope: Envelope, consumer: str) -> tuple[str, str, str, str]:
+        """The effect row of one event (and its latency if it was paced)."""
         order = envelope.payload["productOrder"]
         sent_ns = int(order.get("sentNs") or 0)
         if sent_ns:
             self.latencies_ms.append((time.time_ns() - sent_ns) / 1e6)
-        await uow.tx.execute(
-            "INSERT INTO bench_effects (event_id, order_id, state) VALUES (?, ?, ?)",
-            (envelope.event_id, order["id"], order["state"]),
-        )
+        return (consumer, envelope.event_id, order["id"], order["state"])
+
+    async def handle(self, envelope: Envelope, uow: UnitOfWork) -> None:
+        """The per-event handler: one effect row per event, one statement each."""
+        if self.first_handled is None:
+            self.first_handled = time.perf_counter()
+        await uow.tx.execute(_EFFECT_INSERT, self._effect(envelope, uow.consumer))
+
+    async def handle_batch(self, envelopes: Sequence[Envelope], uow: UnitOfWork) -> None:
+        """The batch handler: the same effect rows, one ``executemany`` for the batch."""
+        if self.first_handled is None:
+            self.first_handled = time.perf_counter()
+        await uow.tx.executemany(_EFFECT_INSERT, [self._effect(e, uow.consumer) for e in envelopes])
 
     def acknowledged(self, count: int) -> None:
         self.acked += count
@@ -333,21 +349,19 @@ async def _strowger_pipeline(
     figures.message_bytes = len(_messages(topic, 0, 1)[0].value)
     timing = _Timing()
     timing.expect(events)
-    consumer = Consumer(
-        name=f"bench.{uuid.uuid4().hex[:10]}",
+    batched = Consumer(
+        name=f"bench.batch.{uuid.uuid4().hex[:10]}",
         topics=(topic,),
-        handler=timing.handle,
+        batch_handler=timing.handle_batch,
         batch_size=CONSUMER_BATCH,
     )
-    runner = _TimedRunner(timing, consumer, bus, database, fetch_timeout=0.2)
+    runner = _TimedRunner(timing, batched, bus, database, fetch_timeout=0.2)
     task = asyncio.create_task(runner.run())
     try:
-        progress("Strowger: consume → handle → commit", 0.2)
+        progress("Strowger: consume → handle → commit (batch handler)", 0.2)
         await _wait(timing.reached, task, 300)
-        assert timing.first_handled is not None
-        seconds = timing.last_acked - timing.first_handled
-        figures.consume_per_s = events / max(seconds, 1e-9)
-        progress("Strowger: paced publish → handled", 0.35)
+        figures.consume_per_s = _rate(timing, events)
+        progress("Strowger: paced publish → handled", 0.3)
         timing.expect(PACED_EVENTS)
         figures.paced_rate = round(min(PACED_RATE, figures.consume_per_s / 2), 1)
         await _publish_paced(bus, topic, PACED_EVENTS, figures.paced_rate)
@@ -356,9 +370,43 @@ async def _strowger_pipeline(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    applied = (await database.fetchone("SELECT COUNT(*) FROM bench_effects")) or (0,)
-    if int(applied[0]) != events + PACED_EVENTS:
-        raise AssertionError(f"expected {events + PACED_EVENTS} effect rows, found {applied[0]}")
+    progress("Strowger: consume → handle → commit (per-event handler)", 0.4)
+    figures.consume_per_event_handler_per_s = await _per_event_pipeline(
+        database, bus, topic, events + PACED_EVENTS
+    )
+    await _check_effects(database, batched.name, events + PACED_EVENTS)
+
+
+async def _per_event_pipeline(database: Database, bus: Bus, topic: str, events: int) -> float:
+    """A second group reads the same events with a per-event handler; its events/s."""
+    timing = _Timing()
+    timing.expect(events)
+    consumer = Consumer(
+        name=f"bench.each.{uuid.uuid4().hex[:10]}",
+        topics=(topic,),
+        handler=timing.handle,
+        batch_size=CONSUMER_BATCH,
+    )
+    runner = _TimedRunner(timing, consumer, bus, database, fetch_timeout=0.2)
+    task = asyncio.create_task(runner.run())
+    try:
+        await _wait(timing.reached, task, 300)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    await _check_effects(database, consumer.name, events)
+    return _rate(timing, events)
+
+
+def _rate(timing: _Timing, events: int) -> float:
+    assert timing.first_handled is not None
+    return events / max(timing.last_acked - timing.first_handled, 1e-9)
+
+
+async def _check_effects(database: Database, consumer: str, expected: int) -> None:
+    applied = await database.fetchone("SELECT COUNT(*) FROM bench_effects WHERE consumer = ?", (consumer,))
+    if int((applied or (0,))[0]) != expected:
+        raise AssertionError(f"expected {expected} effect rows of {consumer}, found {applied}")
 
 
 async def _wait(event: asyncio.Event, runner: asyncio.Task[None], timeout: float) -> None:
@@ -584,6 +632,8 @@ async def bus_bench(backend: str, events: int, db: str, progress: Progress | Non
 
 def _result(backend: str, db: str, events: int, ours: StrowgerFigures, peer: PeerFigures) -> dict[str, Any]:
     ratio = None if not peer.consume_per_s else round(ours.consume_per_s / peer.consume_per_s, 3)
+    each = ours.consume_per_event_handler_per_s
+    ratio_each = None if not peer.consume_per_s else round(each / peer.consume_per_s, 3)
     targets = {
         "consume_ratio_min": TARGET_CONSUME_RATIO,
         "relay_per_s_min_on_postgres": TARGET_RELAY_PER_S,
@@ -607,7 +657,7 @@ def _result(backend: str, db: str, events: int, ours: StrowgerFigures, peer: Pee
         "relay_paced_rate": RELAY_PACED_RATE,
         "strowger": strowger,
         "peer": peer_figures,
-        "ratio": {"consume": ratio},
+        "ratio": {"consume": ratio, "consume_per_event_handler": ratio_each},
         "targets": targets,
         "meets": meets,
         "machine": {**machine_info(), "load_average": list(os.getloadavg())},
@@ -643,11 +693,14 @@ def render_table(result: dict[str, Any]) -> Table:
     table.add_column("target")
     ratio = result["ratio"]["consume"]
     table.add_row(
-        "consume → handle → commit, events/s",
+        "consume → handle → commit (batch handler), events/s",
         _cell(ours["consume_per_s"]),
         _cell(peer["consume_per_s"]) if not peer["missing"] else f"[yellow]{peer['missing']}[/]",
         "—" if ratio is None else f"{ratio:.1%}",
         f"≥ {TARGET_CONSUME_RATIO:.0%} of peer {_verdict(meets['consume_ratio'])}",
+    )
+    table.add_row(
+        "  the same, per-event handler, events/s", _cell(ours["consume_per_event_handler_per_s"]), "", "", ""
     )
     table.add_row(
         f"publish → handled p50 / p99 ms @ {ours['paced_rate']:,.0f}/s",

@@ -16,6 +16,12 @@ insert per batch) and without a savepoint per message; only when a handler
 fails is the batch redone message by message, each inside a SAVEPOINT
 (:meth:`ConsumerRunner.process`). docs/benchmarks.md has the figures.
 
+A consumer may give a *batch handler* instead of (or beside) a per-event one:
+the fast path then hands it every event to apply in one call, so it can write
+its effects with one ``executemany``. If it raises, the batch is redone one
+event at a time through the same batch handler (a one-event batch each), so
+retries, parking and dead letters are exactly those of a per-event handler.
+
 The transaction commits (effects, inbox rows, outbox rows, parked rows), and
 only then are the deliveries acknowledged: at-least-once, and the inbox makes
 the redelivery after a crash harmless. A retry task in the same runner applies
@@ -58,21 +64,34 @@ class AckPolicy(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class UnitOfWork:
-    """What a handler works with: the open transaction, the outbox, and the delivery's metadata."""
+    """What a handler works with: the open transaction, the outbox, and the delivery's metadata.
+
+    For a batch handler, ``deliveries`` are the batch's deliveries in the order of its
+    envelopes and ``delivery`` is the last of them; for a per-event handler ``deliveries``
+    is ``(delivery,)``.
+    """
 
     tx: Transaction
     consumer: str
     delivery: Delivery
     outbox: Outbox
+    deliveries: Sequence[Delivery] = ()
 
     async def emit(self, envelope: Envelope, topic: str) -> None:
         """Publish ``envelope`` on ``topic`` if, and only if, this unit of work commits."""
-        if not envelope.producer:
-            envelope = envelope.with_producer(self.consumer)
-        await self.outbox.add(self.tx, [encode(envelope, topic)])
+        await self.emit_many([envelope], topic)
+
+    async def emit_many(self, envelopes: Sequence[Envelope], topic: str) -> None:
+        """Publish ``envelopes`` on ``topic`` (one outbox insert) if, and only if, this work commits."""
+        messages = [
+            encode(envelope if envelope.producer else envelope.with_producer(self.consumer), topic)
+            for envelope in envelopes
+        ]
+        await self.outbox.add(self.tx, messages)
 
 
 Handler = Callable[[Envelope, UnitOfWork], Awaitable[None]]
+BatchHandler = Callable[[Sequence[Envelope], UnitOfWork], Awaitable[None]]
 
 
 class _SlowPathNeeded(Exception):
@@ -90,20 +109,31 @@ class Consumer:
 
     name: str  # the consumer group; also the inbox and dead-letter owner
     topics: tuple[str, ...]
-    handler: Handler
+    handler: Handler | None = None  # per event; or give batch_handler (at least one of the two)
     event_types: frozenset[str] = frozenset()  # empty: every type
     retry_backoff: tuple[float, ...] = DEFAULT_BACKOFF  # seconds before retry 1, 2, ...; then dead
     batch_size: int = 100
     ack_policy: AckPolicy = AckPolicy.AFTER_COMMIT
+    batch_handler: BatchHandler | None = None  # the whole fresh batch in one call (fast path)
 
     def __post_init__(self) -> None:
         if not self.topics:
             raise ValueError(f"consumer {self.name!r} reads no topic")
         if self.batch_size < 1 or any(delay < 0 for delay in self.retry_backoff):
             raise ValueError(f"consumer {self.name!r}: batch_size >= 1 and backoff delays >= 0")
+        if self.handler is None and self.batch_handler is None:
+            raise ValueError(f"consumer {self.name!r} has neither a handler nor a batch_handler")
 
     def wants(self, event_type: str) -> bool:
         return not self.event_types or event_type in self.event_types
+
+    async def apply_one(self, envelope: Envelope, uow: UnitOfWork) -> None:
+        """Apply one event: the per-event handler, else the batch handler with a one-event batch."""
+        if self.handler is not None:
+            await self.handler(envelope, uow)
+        else:
+            assert self.batch_handler is not None
+            await self.batch_handler((envelope,), uow)
 
 
 @dataclass
@@ -194,6 +224,7 @@ class ConsumerRunner:
         decodable), that transaction rolls back and the batch is applied again message by
         message with savepoints, reusing the failure seen, so the failing handler is not
         called twice; the handlers before it are (their first effects were rolled back).
+        A failed batch handler does not say which event failed: every event is redone.
         """
         if self.consumer.ack_policy is AckPolicy.ON_RECEIPT:
             await self._acknowledge(subscriber, batch)
@@ -242,16 +273,34 @@ class ConsumerRunner:
                 seen.add(envelope.event_id)  # a second copy in this batch is a duplicate
                 fresh.append((delivery, envelope))
         recorded = await self._inbox.record_many(tx, self.name, [e.event_id for _, e in fresh])
-        for delivery, envelope in fresh:
-            if envelope.event_id not in recorded:  # applied by another member meanwhile
-                counts.duplicates += 1
-                continue
+        to_apply = [(d, e) for d, e in fresh if e.event_id in recorded]
+        counts.duplicates += len(fresh) - len(to_apply)  # applied by another member meanwhile
+        if self.consumer.batch_handler is not None:
+            await self._apply_as_batch(tx, to_apply)
+        else:
+            await self._apply_each(tx, to_apply)
+        counts.applied += len(to_apply)
+        return counts
+
+    async def _apply_each(self, tx: Transaction, to_apply: Sequence[tuple[Delivery, Envelope]]) -> None:
+        for delivery, envelope in to_apply:
+            uow = UnitOfWork(tx, self.name, delivery, self.outbox, (delivery,))
             try:
-                await self.consumer.handler(envelope, UnitOfWork(tx, self.name, delivery, self.outbox))
+                await self.consumer.apply_one(envelope, uow)
             except Exception as error:
                 raise _SlowPathNeeded(delivery, error) from error
-            counts.applied += 1
-        return counts
+
+    async def _apply_as_batch(self, tx: Transaction, to_apply: Sequence[tuple[Delivery, Envelope]]) -> None:
+        """One call for the whole batch; a failure does not say which event, so none is skipped."""
+        if not to_apply:
+            return
+        assert self.consumer.batch_handler is not None
+        deliveries = [delivery for delivery, _ in to_apply]
+        uow = UnitOfWork(tx, self.name, deliveries[-1], self.outbox, deliveries)
+        try:
+            await self.consumer.batch_handler([envelope for _, envelope in to_apply], uow)
+        except Exception as error:
+            raise _SlowPathNeeded(None, error) from error
 
     def _add_counts(self, counts: RunnerStats) -> None:
         self.stats.applied += counts.applied
@@ -336,7 +385,8 @@ class ConsumerRunner:
         await tx.execute("SAVEPOINT strowger_handler")
         try:
             if await self._inbox.record(tx, self.name, envelope.event_id):
-                await self.consumer.handler(envelope, UnitOfWork(tx, self.name, delivery, self.outbox))
+                uow = UnitOfWork(tx, self.name, delivery, self.outbox, (delivery,))
+                await self.consumer.apply_one(envelope, uow)
                 self.stats.applied += 1
             else:
                 self.stats.duplicates += 1
