@@ -172,6 +172,7 @@ def _tmf_apis(platform: Platform) -> None:
         resource_inventory_router,
         service_inventory_router,
     )
+    from strowger.components.resource_ordering.api import RESOURCE_ORDERING_API
     from strowger.tmf import delivery
     from strowger.tmf.hubs import CallbackGuard
 
@@ -212,6 +213,7 @@ def _tmf_apis(platform: Platform) -> None:
             SERVICE_INVENTORY_API,
             RESOURCE_INVENTORY_API,
             CUSTOMER_BILL_API,
+            RESOURCE_ORDERING_API,
         ],
     )
 
@@ -226,6 +228,18 @@ def _ordering(platform: Platform) -> None:
     from strowger.components.service_ordering.wiring import install as install_service_ordering
 
     install_service_ordering(platform)
+    _executors(platform)
+
+
+def _executors(platform: Platform) -> None:
+    """What SOM's fulfilment saga commands: ROM (TMF652 + pools), network activation, inventories."""
+    from strowger.components.activation.wiring import install as install_activation
+    from strowger.components.inventory.wiring import install as install_inventory_commands
+    from strowger.components.resource_ordering.wiring import install as install_rom
+
+    install_rom(platform)
+    install_activation(platform)
+    install_inventory_commands(platform)
 
 
 def _downstream(platform: Platform) -> None:

@@ -1,0 +1,1 @@
+"""The network activation simulator: executes ActivateService/DeactivateService with latency and faults."""
