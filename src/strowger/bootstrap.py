@@ -130,9 +130,17 @@ class Platform:
 
 def bootstrap(settings: Settings) -> Platform:
     """Build (not start) the platform the settings describe."""
-    database = open_database(settings.database_url)
+    database_options: dict[str, Any] = {}
+    if settings.database == "postgresql" and settings.database_schema:
+        database_options["schema"] = settings.database_schema
+    database = open_database(settings.database_url, **database_options)
     bus_options: dict[str, Any] = {"database": database} if settings.bus == "embedded" else {}
-    platform = Platform(settings=settings, database=database, bus=open_bus(settings.bus_url, **bus_options))
+    bus = open_bus(settings.bus_url, **bus_options)
+    if settings.bus_namespace:
+        from strowger.bus.namespace import NamespacedBus
+
+        bus = NamespacedBus(bus, settings.bus_namespace)
+    platform = Platform(settings=settings, database=database, bus=bus)
     _backbone(platform)
     _tmf_apis(platform)
     _ordering(platform)

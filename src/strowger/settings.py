@@ -65,6 +65,10 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite:///var/strowger.db"
     bus_url: str = "embedded://"
+    # PostgreSQL schema the platform's tables live in (search_path); empty: the role's default.
+    database_schema: str = Field("", pattern=r"^$|^[a-z_][a-z0-9_]{0,62}$")
+    # Prefix of every topic and consumer-group name on a shared broker (tests, tenants, staging).
+    bus_namespace: str = Field("", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     component: str = "all"
