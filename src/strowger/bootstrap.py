@@ -146,7 +146,37 @@ def bootstrap(settings: Settings) -> Platform:
     _ordering(platform)
     _downstream(platform)
     _operations(platform)
+    _select_component(platform)
     return platform
+
+
+def _select_component(platform: Platform) -> None:
+    """Keep only what ``settings.component`` runs (``strowger run <component>``); ``all`` keeps everything.
+
+    Every process still creates every table (one shared schema today, docs/operations.md) and
+    serves /health, /ready and /metrics; routers, consumers and tasks follow the component
+    catalogue (strowger.components.registry).
+    """
+    from strowger.components.registry import ALL, parse_component
+
+    if platform.settings.component == ALL:
+        return
+    component = parse_component(platform.settings.component)
+
+    def task_runs(name: str) -> bool:
+        return component.runs(name.removeprefix("consumer:"))
+
+    def router_runs(router: Any) -> bool:
+        paths = [getattr(route, "path", "") for route in getattr(router, "routes", [])]
+        return any(path.startswith(api) for path in paths for api in component.http_apis)
+
+    platform.tasks = [(name, task) for name, task in platform.tasks if task_runs(name)]
+    platform.runners = [runner for runner in platform.runners if component.runs(runner.name)]
+    kept = [router for router in platform.routers if router_runs(router)]
+    platform.index_links = [
+        link for link in platform.index_links if any(link[1].startswith(a) for a in component.http_apis)
+    ]
+    platform.routers = kept
 
 
 def _backbone(platform: Platform) -> None:

@@ -89,6 +89,14 @@ class Settings(BaseSettings):
         database_kind(value)
         return value
 
+    @field_validator("component")
+    @classmethod
+    def _component(cls, value: str) -> str:
+        from strowger.components.registry import parse_component  # the catalogue knows the names
+
+        parse_component(value)
+        return value
+
     @field_validator("bus_url")
     @classmethod
     def _bus_url(cls, value: str) -> str:

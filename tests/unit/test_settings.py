@@ -90,3 +90,9 @@ def test_unknown_toml_keys_are_refused(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("STROWGER_CONFIG", str(config))
     with pytest.raises(ConfigError, match="STROWGER_DATABSE_URL"):
         load_settings()
+
+
+def test_an_unknown_component_names_the_choices() -> None:
+    with pytest.raises(ConfigError, match="STROWGER_COMPONENT") as raised:
+        load_settings(component="bilin")
+    assert "billing" in str(raised.value)
