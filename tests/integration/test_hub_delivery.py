@@ -30,10 +30,14 @@ from strowger.store.outbox import OUTBOX_TABLES, Outbox, OutboxRelay
 from strowger.tmf.delivery import (
     EVENT_ID_HEADER,
     HUB_DELIVERY_TABLES,
+    AiohttpWebhookClient,
     DeliveryOptions,
     DeliveryWorker,
+    HttpxWebhookClient,
     HubFanOut,
     HubRoute,
+    ListenerUnavailable,
+    WebhookClient,
     queue_name,
 )
 from strowger.tmf.hubs import (
@@ -60,6 +64,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    peer: tuple[str, int] | None = None  # the client's (address, port): one per connection
 
     @property
     def json(self) -> dict[str, object]:
@@ -74,6 +79,7 @@ class RealListener:
     port: int = 0
     received: list[Received] = field(default_factory=list)
     status: dict[str, int] = field(default_factory=dict)
+    answers: dict[str, Response] = field(default_factory=dict)  # a whole answer, for the path
     _server: uvicorn.Server | None = None
     _task: asyncio.Task[None] | None = None
 
@@ -82,8 +88,9 @@ class RealListener:
 
         @app.post("/{path:path}")
         async def record(path: str, request: Request) -> Response:
-            self.received.append(Received(f"/{path}", dict(request.headers), await request.body()))
-            return Response(status_code=self.status.get(f"/{path}", 204))
+            peer = (request.client.host, request.client.port) if request.client else None
+            self.received.append(Received(f"/{path}", dict(request.headers), await request.body(), peer))
+            return self.answers.get(f"/{path}") or Response(status_code=self.status.get(f"/{path}", 204))
 
         return app
 
@@ -311,7 +318,7 @@ async def test_listener_side_turns_a_duplicated_notification_into_one_bus_event(
     server = RealListener()
     server.app = lambda: app  # type: ignore[method-assign]
     await server.start()
-    relay_task = asyncio.create_task(relay.run())
+    relay_task: asyncio.Task[None] | None = None
     try:
         body = orjson.dumps(order_event("o42", "completed").to_tmf())
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign("k", body)}
@@ -324,6 +331,9 @@ async def test_listener_side_turns_a_duplicated_notification_into_one_bus_event(
                 server.url("/listener/crm"), content=body, headers={SIGNATURE_HEADER: sign("x", body)}
             )
         assert answers == [204, 204] and forged.status_code == 401
+        # The relay starts once the receiver has made its tables: DDL beside the relay's
+        # queries can deadlock on PostgreSQL (the platform makes every table at start).
+        relay_task = asyncio.create_task(relay.run())
 
         reader = bus.subscriber(unique("reader"), [topic])
         await reader.start()
@@ -337,7 +347,117 @@ async def test_listener_side_turns_a_duplicated_notification_into_one_bus_event(
         assert got[0].message.event_id == orjson.loads(body)["eventId"]
         assert orjson.loads(got[0].message.value)["event"]["productOrder"]["id"] == "o42"
     finally:
-        relay_task.cancel()
-        await asyncio.gather(relay_task, return_exceptions=True)
+        if relay_task is not None:
+            relay_task.cancel()
+            await asyncio.gather(relay_task, return_exceptions=True)
         await server.stop()
         await bus.stop()
+
+
+# --- the HTTP clients under WebhookSender: one contract, one subclass per library ---------------
+
+
+class WebhookClientContract:
+    """What every :class:`WebhookClient` must do against a real listener on loopback."""
+
+    options = DeliveryOptions(timeout=1.0, lease=5.0, max_response_bytes=1024)
+
+    @pytest.fixture
+    def client(self) -> WebhookClient:
+        raise NotImplementedError
+
+    @pytest.fixture
+    async def http(self, client: WebhookClient) -> AsyncIterator[WebhookClient]:
+        yield client
+        await client.close()
+
+    async def test_posts_the_body_and_headers_and_returns_the_answer(
+        self, http: WebhookClient, listener: RealListener
+    ) -> None:
+        answer = await http.post(listener.url("/cb?x=1"), None, b'{"a":1}', {"X-Event-Id": "e-1"})
+        assert answer.status == 204
+        (received,) = listener.at("/cb")
+        assert received.body == b'{"a":1}' and received.headers["x-event-id"] == "e-1"
+        assert received.headers["host"] == f"127.0.0.1:{listener.port}"
+
+    async def test_a_named_host_is_reached_at_the_given_address_only(
+        self, http: WebhookClient, listener: RealListener
+    ) -> None:
+        # "hooks.invalid" resolves nowhere (RFC 6761): the only way to the listener is the address given.
+        url = f"http://hooks.invalid:{listener.port}/named"
+        assert (await http.post(url, "127.0.0.1", b"{}", {})).status == 204
+        (received,) = listener.at("/named")
+        assert received.headers["host"] == f"hooks.invalid:{listener.port}"
+
+    async def test_connections_are_kept_alive(self, http: WebhookClient, listener: RealListener) -> None:
+        for _ in range(5):
+            await http.post(listener.url("/alive"), None, b"{}", {})
+        assert len({received.peer for received in listener.at("/alive")}) == 1
+
+    async def test_a_refusal_is_an_answer_with_status_reason_retry_after_and_text(
+        self, http: WebhookClient, listener: RealListener
+    ) -> None:
+        listener.answers["/busy"] = Response("slow down", status_code=503, headers={"Retry-After": "7"})
+        answer = await http.post(listener.url("/busy"), None, b"{}", {})
+        assert (answer.status, answer.reason, answer.retry_after) == (503, "Service Unavailable", "7")
+        assert answer.text == "slow down"
+
+    async def test_a_redirect_is_not_followed(self, http: WebhookClient, listener: RealListener) -> None:
+        listener.answers["/moved"] = Response(
+            status_code=302, headers={"Location": listener.url("/elsewhere")}
+        )
+        assert (await http.post(listener.url("/moved"), None, b"{}", {})).status == 302
+        assert listener.at("/elsewhere") == []
+
+    async def test_a_flood_is_read_only_up_to_the_limit(
+        self, http: WebhookClient, listener: RealListener
+    ) -> None:
+        listener.answers["/flood"] = Response(b"x" * 500_000, status_code=400)
+        answer = await http.post(listener.url("/flood"), None, b"{}", {})
+        assert answer.status == 400 and answer.text == "x" * 200
+        assert (await http.post(listener.url("/after"), None, b"{}", {})).status == 204  # still usable
+
+    async def test_a_refused_connection_is_unavailable(self, http: WebhookClient) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]  # nobody listens once the probe is closed
+        with pytest.raises(ListenerUnavailable, match="failed"):
+            await http.post(f"http://127.0.0.1:{port}/cb", None, b"{}", {})
+
+    async def test_a_silent_listener_times_out_as_unavailable(self, http: WebhookClient) -> None:
+        writers: list[asyncio.StreamWriter] = []
+
+        async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writers.append(writer)
+            await reader.read(65536)  # and never answer
+
+        server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            with pytest.raises(ListenerUnavailable, match="timed out"):
+                await http.post(f"http://127.0.0.1:{port}/cb", None, b"{}", {})
+        finally:
+            for writer in writers:
+                writer.close()
+            server.close()
+            await server.wait_closed()
+
+
+class TestAiohttpWebhookClient(WebhookClientContract):
+    @pytest.fixture
+    def client(self) -> WebhookClient:
+        return AiohttpWebhookClient(self.options)
+
+    async def test_a_host_never_checked_is_not_connected(
+        self, http: WebhookClient, listener: RealListener
+    ) -> None:
+        # localhost does resolve to the listener: only the pinned resolver stands in the way.
+        with pytest.raises(ListenerUnavailable):
+            await http.post(f"http://localhost:{listener.port}/unchecked", None, b"{}", {})
+        assert listener.at("/unchecked") == []
+
+
+class TestHttpxWebhookClient(WebhookClientContract):
+    @pytest.fixture
+    def client(self) -> WebhookClient:
+        return HttpxWebhookClient(self.options)

@@ -32,8 +32,11 @@ from strowger.components.inventory import (
     resource_inventory_router,
     service_inventory_router,
 )
+from strowger.components.ordering.api import ordering_router
+from strowger.components.ordering.service import OrderingService
 from strowger.events.envelope import Envelope
 from strowger.store.db import Database, Transaction
+from strowger.store.eventstore import open_event_store
 from strowger.tmf.hubs import CallbackGuard
 
 pytestmark = pytest.mark.integration
@@ -44,6 +47,7 @@ CHECKS = [not_a_server_error, response_schema_conformance]
 
 API_BASES = {
     "TMF620": "/tmf-api/productCatalogManagement/v4",
+    "TMF622": "/tmf-api/productOrderingManagement/v4",
     "TMF637": "/tmf-api/productInventory/v4",
     "TMF638": "/tmf-api/serviceInventory/v4",
     "TMF639": "/tmf-api/resourceInventoryManagement/v4",
@@ -52,6 +56,12 @@ API_BASES = {
 }
 SEEDS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "TMF620": [("productOffering", {"name": "Fibre"}), ("catalog", {"name": "Main"})],
+    "TMF622": [
+        (
+            "productOrder",
+            {"productOrderItem": [{"id": "1", "action": "add", "productOffering": {"id": "PO-1"}}]},
+        ),
+    ],
     "TMF637": [("product", {"name": "Fibre 1G", "status": "active"})],
     "TMF638": [("service", {"name": "Access", "state": "active", "serviceSpecification": {"id": "s"}})],
     "TMF639": [("resource", {"name": "ONT-1", "resourceStatus": "available"})],
@@ -77,6 +87,9 @@ async def client(sqlite_db: Database) -> AsyncIterator[httpx.AsyncClient]:
         event_router,
     ):
         app.include_router(router(sqlite_db, sink, guard))
+    ordering = OrderingService(sqlite_db, open_event_store(sqlite_db), sink)
+    await ordering.setup()
+    app.include_router(ordering_router(ordering, sqlite_db, guard))
     billing = CustomerBilling(sqlite_db, sink)
     await billing.ensure_tables()
     async with sqlite_db.transaction() as tx:
@@ -142,6 +155,11 @@ async def test_api_conforms_to_its_openapi(client: httpx.AsyncClient, api: str) 
         response = await client.post(f"{base}/{resource}", json=body)
         assert response.status_code == 201, response.text
         seeded[resource] = response.json()["id"]
+    if "productOrder" in seeded:  # a cancellation needs an order to name
+        cancel = {"productOrder": {"id": seeded["productOrder"]}}
+        response = await client.post(f"{base}/cancelProductOrder", json=cancel)
+        assert response.status_code == 201, response.text
+        seeded["cancelProductOrder"] = response.json()["id"]
     document = (await client.get(f"{base}/openapi.json")).json()
     schema = schemathesis.openapi.from_dict(document)
     loop = asyncio.get_running_loop()

@@ -33,6 +33,9 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import socket
+import time
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,9 +43,12 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import httpx
 import orjson
+from aiohttp.abc import AbstractResolver, ResolveResult
 
+from strowger.bus.port import Delivery
 from strowger.bus.runtime import Consumer, UnitOfWork
 from strowger.errors import PermanentError, TransientError, is_transient
 from strowger.events.envelope import Envelope, Header
@@ -163,29 +169,66 @@ class HubFanOut:
 
     def consumer(self, *, backoff: tuple[float, ...] = (1.0, 5.0, 30.0), batch_size: int = 500) -> Consumer:
         topics = tuple(sorted({route.topic for route in self.routes}))
-        return Consumer(HUB_CONSUMER, topics, self, retry_backoff=backoff, batch_size=batch_size)
+        return Consumer(
+            HUB_CONSUMER,
+            topics,
+            self,
+            retry_backoff=backoff,
+            batch_size=batch_size,
+            batch_handler=self.fan_out,
+        )
 
     async def __call__(self, envelope: Envelope, uow: UnitOfWork) -> None:
-        message = uow.delivery.message
-        apis = [route.api for route in self.routes if route.carries(message.topic, envelope.event_type)]
-        body: Mapping[str, Any] | None = None
-        for api in dict.fromkeys(apis):
-            for subscription in await subscriptions_of(uow.tx, api):
-                body = body if body is not None else orjson.loads(message.value)
-                if _compiled(subscription.query).matches(body):
-                    await self._enqueue(uow, queue_name(api, subscription.id), envelope)
+        """One event (the runtime's careful path, after a failed batch)."""
+        await self.fan_out([envelope], uow)
 
-    async def _enqueue(self, uow: UnitOfWork, queue: str, envelope: Envelope) -> None:
-        behind = await self._lot.blocked(uow.tx, queue, envelope.entity_key, postgresql=self._postgresql)
-        await self._lot.park(
-            uow.tx,
-            queue,
-            uow.delivery,
-            entity_key=envelope.entity_key,
-            status=Status.BLOCKED if behind else Status.RETRYING,
-            next_attempt_at=None if behind else now(),
-        )
-        uow.tx.on_commit(self._wake)
+    async def fan_out(self, envelopes: Sequence[Envelope], uow: UnitOfWork) -> None:
+        """A batch of events: subscriptions read once per API, blocked entities once per listener."""
+        deliveries = uow.deliveries or (uow.delivery,)
+        wanted: dict[str, list[tuple[Envelope, Delivery]]] = {}
+        for envelope, delivery in zip(envelopes, deliveries, strict=True):
+            for api in dict.fromkeys(
+                r.api for r in self.routes if r.carries(delivery.message.topic, envelope.event_type)
+            ):
+                wanted.setdefault(api, []).append((envelope, delivery))
+        bodies: dict[str, Mapping[str, Any]] = {}
+        for api, events in wanted.items():
+            for subscription in await subscriptions_of(uow.tx, api):
+                query = _compiled(subscription.query)
+                matching = [
+                    (envelope, delivery)
+                    for envelope, delivery in events
+                    if query.matches(_body(bodies, envelope, delivery))
+                ]
+                if matching:
+                    await self._enqueue(uow.tx, queue_name(api, subscription.id), matching)
+        if wanted:
+            uow.tx.on_commit(self._wake)
+
+    async def _enqueue(
+        self, tx: Transaction, queue: str, events: Sequence[tuple[Envelope, Delivery]]
+    ) -> None:
+        """Park one delivery per event: a head due now, or blocked behind an earlier one of its entity."""
+        keys = list(dict.fromkeys(envelope.entity_key for envelope, _ in events))
+        behind = await self._lot.blocked_keys(tx, queue, keys, postgresql=self._postgresql)
+        for envelope, delivery in events:
+            blocked = envelope.entity_key in behind
+            await self._lot.park(
+                tx,
+                queue,
+                delivery,
+                entity_key=envelope.entity_key,
+                status=Status.BLOCKED if blocked else Status.RETRYING,
+                next_attempt_at=None if blocked else now(),
+            )
+            behind.add(envelope.entity_key)  # the next event of this entity in the batch waits for it
+
+
+def _body(cache: dict[str, Mapping[str, Any]], envelope: Envelope, delivery: Delivery) -> Mapping[str, Any]:
+    body = cache.get(envelope.event_id)
+    if body is None:
+        body = cache[envelope.event_id] = orjson.loads(delivery.message.value)
+    return body
 
 
 async def subscriptions_of(tx: Transaction, api: str) -> list[Subscription]:
@@ -221,22 +264,43 @@ class CallbackRefused(PermanentError):
 
 
 @dataclass(frozen=True, slots=True)
-class _Target:
-    url: str
-    headers: Mapping[str, str]
-    extensions: Mapping[str, Any]
+class Answer:
+    """What a listener answered: status, reason, its Retry-After, the start of its body."""
+
+    status: int
+    reason: str = ""
+    retry_after: str | None = None
+    text: str = ""
 
 
-class WebhookSender:
-    """POSTs notification bodies to callbacks: guard checked, address pinned, outcome classified."""
+class WebhookClient(ABC):
+    """The HTTP/1.1 client under :class:`WebhookSender`: POSTs to an address the guard accepted.
 
-    def __init__(
-        self,
-        guard: CallbackGuard,
-        options: DeliveryOptions = DeliveryOptions(),
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self.guard = guard
+    One implementation per HTTP library (:class:`AiohttpWebhookClient`, the default;
+    :class:`HttpxWebhookClient`, whose transports tests inject); both pass the same
+    contract tests. A client follows no redirect (it would go past the guard), uses no
+    proxy from the environment, and keeps connections alive per listener.
+    """
+
+    @abstractmethod
+    async def post(self, url: str, address: str | None, body: bytes, headers: Mapping[str, str]) -> Answer:
+        """POST ``body`` to ``url``, connecting to ``address`` — never to what the host resolves to now.
+
+        ``address`` is the IP the guard accepted for the URL's host (``None``: the host
+        is itself a literal address). TLS, the Host header and the keep-alive pool still
+        go by the URL's host name. Returns the answer whatever its status; raises
+        :class:`ListenerUnavailable` when none came (connect error, timeout, broken connection).
+        """
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Close the pooled connections; the client is not used again."""
+
+
+class HttpxWebhookClient(WebhookClient):
+    """``httpx``: the URL's host is replaced by the checked address, Host header and SNI kept."""
+
+    def __init__(self, options: DeliveryOptions, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.options = options
         limits = httpx.Limits(
             max_connections=options.max_in_flight, max_keepalive_connections=options.max_in_flight
@@ -244,53 +308,31 @@ class WebhookSender:
         self.client = httpx.AsyncClient(
             transport=transport or httpx.AsyncHTTPTransport(limits=limits, retries=0),
             timeout=httpx.Timeout(options.timeout),
-            follow_redirects=False,  # a redirect would lead past the guard
-            trust_env=False,  # no proxy from the environment: we connect to the address we checked
+            follow_redirects=False,
+            trust_env=False,
         )
-        self._addresses: dict[tuple[str, str, int | None], tuple[float, str]] = {}
 
     async def close(self) -> None:
         await self.client.aclose()
 
-    async def send(self, callback: str, body: bytes, headers: Mapping[str, str]) -> int:
-        """POST ``body``; the 2xx status, or ListenerUnavailable / ListenerRejected / CallbackRefused."""
-        target = await self._target(callback)
+    async def post(self, url: str, address: str | None, body: bytes, headers: Mapping[str, str]) -> Answer:
+        pinned, extra, extensions = _pinned(url, address)
         request = self.client.build_request(
-            "POST",
-            target.url,
-            content=body,
-            headers={
-                "Content-Type": "application/json",
-                "User-Agent": self.options.user_agent,
-                **headers,
-                **target.headers,
-            },
-            extensions=dict(target.extensions),
+            "POST", pinned, content=body, headers={**headers, **extra}, extensions=extensions
         )
         try:
             response = await self.client.send(request, stream=True)
         except httpx.TimeoutException as exc:
-            raise ListenerUnavailable(f"POST {callback} timed out: {type(exc).__name__}") from exc
+            raise ListenerUnavailable(f"POST {url} timed out: {type(exc).__name__}") from exc
         except httpx.TransportError as exc:
-            raise ListenerUnavailable(f"POST {callback} failed: {type(exc).__name__}: {exc}") from exc
+            raise ListenerUnavailable(f"POST {url} failed: {type(exc).__name__}: {exc}") from exc
         try:
             text = await self._read_some(response)
         finally:
             await response.aclose()
-        return self._classify(callback, response, text)
-
-    def _classify(self, callback: str, response: httpx.Response, text: str) -> int:
-        status = response.status_code
-        if 200 <= status < 300:
-            return status
-        detail = f"POST {callback} answered {status} {response.reason_phrase}" + (f": {text}" if text else "")
-        if status in (408, 429) or status >= 500:
-            retry_after = _retry_after(response.headers.get("Retry-After"), self.options.max_retry_after)
-            raise ListenerUnavailable(detail, status=status, retry_after=retry_after)
-        raise ListenerRejected(detail, status=status)
+        return Answer(response.status_code, response.reason_phrase, response.headers.get("Retry-After"), text)
 
     async def _read_some(self, response: httpx.Response) -> str:
-        """Up to max_response_bytes of the body (for the dead-letter detail); never the whole of a flood."""
         chunks, size = [], 0
         try:
             async for chunk in response.aiter_raw():
@@ -302,33 +344,173 @@ class WebhookSender:
             chunks = [response.content]  # a transport that answered in memory (tests, mounts)
         except httpx.HTTPError:
             pass  # the status is what counts; a broken body only shortens the detail
-        return b"".join(chunks)[:200].decode("utf-8", errors="replace").strip()
+        return _detail(b"".join(chunks))
 
-    async def _target(self, callback: str) -> _Target:
-        """Where to connect: the callback with its host replaced by an address the guard accepted."""
+
+def _pinned(url: str, address: str | None) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """``url`` with its host replaced by ``address``; the Host header and TLS server name to keep."""
+    if address is None:
+        return url, {}, {}
+    parts = urlsplit(url)
+    literal = f"[{address}]" if ":" in address else address
+    netloc = literal if parts.port is None else f"{literal}:{parts.port}"
+    extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
+    return parts._replace(netloc=netloc).geturl(), {"Host": parts.netloc}, extensions
+
+
+class _PinnedResolver(AbstractResolver):
+    """aiohttp's resolver: a host resolves to the address the guard last accepted for it, nothing else."""
+
+    def __init__(self) -> None:
+        self.addresses: dict[str, str] = {}
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[ResolveResult]:
+        address = self.addresses.get(host)
+        if address is None:  # a connection the sender did not check first: refuse to make it
+            raise OSError(f"no checked address for {host!r}")
+        ip = ipaddress.ip_address(address)
+        return [
+            {
+                "hostname": host,
+                "host": address,
+                "port": port,
+                "family": socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+            }
+        ]
+
+    async def close(self) -> None:
+        self.addresses.clear()
+
+
+class AiohttpWebhookClient(WebhookClient):
+    """``aiohttp`` (C HTTP parser, per-host keep-alive pool): the default client.
+
+    The URL is sent as written, so the pool, the Host header, SNI and certificate checks
+    go by the host name; the connector's resolver answers only with the checked address.
+    The session is made on first use, on the running loop.
+    """
+
+    def __init__(self, options: DeliveryOptions) -> None:
+        self.options = options
+        self._resolver = _PinnedResolver()
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=self.options.max_in_flight,
+            limit_per_host=0,  # the worker bounds each listener itself
+            resolver=self._resolver,
+            use_dns_cache=False,  # every new connection asks the resolver, so goes to a checked address
+        )
+        return aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self.options.timeout),
+            trust_env=False,
+            auto_decompress=False,
+            skip_auto_headers=("Accept-Encoding",),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def post(self, url: str, address: str | None, body: bytes, headers: Mapping[str, str]) -> Answer:
+        if self._session is None:
+            self._session = self._open()
+        if address is not None:
+            self._resolver.addresses[urlsplit(url).hostname or ""] = address
+        try:
+            async with self._session.post(url, data=body, headers=headers, allow_redirects=False) as response:
+                text = await self._read_some(response)
+                return Answer(
+                    response.status, response.reason or "", response.headers.get("Retry-After"), text
+                )
+        except TimeoutError as exc:
+            raise ListenerUnavailable(f"POST {url} timed out: {type(exc).__name__}") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ListenerUnavailable(f"POST {url} failed: {type(exc).__name__}: {exc}") from exc
+
+    async def _read_some(self, response: aiohttp.ClientResponse) -> str:
+        chunks, size = [], 0
+        try:
+            while size < self.options.max_response_bytes:
+                chunk = await response.content.read(self.options.max_response_bytes - size)
+                if not chunk:
+                    break  # read to the end: the connection goes back to the pool
+                chunks.append(chunk)
+                size += len(chunk)
+        except aiohttp.ClientPayloadError:
+            pass  # the status is what counts; a broken body only shortens the detail
+        return _detail(b"".join(chunks))
+
+
+def _detail(body: bytes) -> str:
+    return body[:200].decode("utf-8", errors="replace").strip()
+
+
+class WebhookSender:
+    """POSTs notification bodies to callbacks: guard checked, address pinned, outcome classified.
+
+    ``client`` is the HTTP client (default :class:`AiohttpWebhookClient`); ``transport``
+    is the shorthand for an :class:`HttpxWebhookClient` on that httpx transport (tests).
+    The guard's verdict on a host is reused for ``options.address_ttl`` seconds.
+    """
+
+    def __init__(
+        self,
+        guard: CallbackGuard,
+        options: DeliveryOptions = DeliveryOptions(),
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        client: WebhookClient | None = None,
+    ) -> None:
+        self.guard = guard
+        self.options = options
+        if client is None:
+            client = HttpxWebhookClient(options, transport) if transport else AiohttpWebhookClient(options)
+        self.client = client
+        self._checked: dict[tuple[str, str, int | None], tuple[float, str | None]] = {}
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def send(self, callback: str, body: bytes, headers: Mapping[str, str]) -> int:
+        """POST ``body``; the 2xx status, or ListenerUnavailable / ListenerRejected / CallbackRefused."""
+        address = await self._address(callback)
+        answer = await self.client.post(
+            callback,
+            address,
+            body,
+            {"Content-Type": "application/json", "User-Agent": self.options.user_agent, **headers},
+        )
+        return self._classify(callback, answer)
+
+    def _classify(self, callback: str, answer: Answer) -> int:
+        status = answer.status
+        if 200 <= status < 300:
+            return status
+        detail = f"POST {callback} answered {status} {answer.reason}" + (
+            f": {answer.text}" if answer.text else ""
+        )
+        if status in (408, 429) or status >= 500:
+            retry_after = _retry_after(answer.retry_after, self.options.max_retry_after)
+            raise ListenerUnavailable(detail, status=status, retry_after=retry_after)
+        raise ListenerRejected(detail, status=status)
+
+    async def _address(self, callback: str) -> str | None:
+        """The address to connect to (None: the host is a literal one), checked by the guard lately."""
         parts = urlsplit(callback)
         host = parts.hostname or ""
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            pass
-        else:
-            await self._check(callback)  # a literal address: checked, nothing to pin
-            return _Target(callback, {}, {})
-        address = await self._address(callback, parts.scheme, host, parts.port)
-        literal = f"[{address}]" if ":" in address else address
-        netloc = literal if parts.port is None else f"{literal}:{parts.port}"
-        pinned = parts._replace(netloc=netloc).geturl()
-        extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
-        return _Target(pinned, {"Host": parts.netloc}, extensions)
-
-    async def _address(self, callback: str, scheme: str, host: str, port: int | None) -> str:
-        key = (scheme, host, port)
-        cached = self._addresses.get(key)
-        if cached is not None and cached[0] > now():
+        key = (parts.scheme, host, parts.port)
+        cached = self._checked.get(key)
+        if cached is not None and cached[0] > time.monotonic():
             return cached[1]
-        address = (await self._check(callback))[0]
-        self._addresses[key] = (now() + self.options.address_ttl, address)
+        addresses = await self._check(callback)
+        address = None if _is_literal(host) else addresses[0]
+        self._checked[key] = (time.monotonic() + self.options.address_ttl, address)
         return address
 
     async def _check(self, callback: str) -> list[str]:
@@ -338,6 +520,14 @@ class WebhookSender:
             raise ListenerUnavailable(str(exc)) from exc  # DNS may answer again later
         except UnsafeCallback as exc:
             raise CallbackRefused(str(exc)) from exc
+
+
+def _is_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _retry_after(value: str | None, cap: float) -> float | None:
@@ -417,56 +607,80 @@ class DeliveryQueue:
         self, limit: int, lease: float, room: Callable[[str], int] = lambda queue: 1 << 30
     ) -> list[PendingDelivery]:
         """Lease up to ``limit`` due heads, at most ``room(queue)`` of each listener's queue."""
-        lock = " FOR UPDATE SKIP LOCKED" if self._postgresql else ""
-        async with self.database.transaction() as tx:
-            candidates = await tx.fetchall(
-                "SELECT id, consumer FROM parked WHERE status = ? AND next_attempt_at <= ? "  # noqa: S608
-                f"AND consumer LIKE ? ORDER BY next_attempt_at, id LIMIT ?{lock}",
-                (Status.RETRYING.value, now(), f"{QUEUE_PREFIX}%", limit),
-            )
-            taken: Counter[str] = Counter()
-            chosen = []
-            for row_id, queue in candidates:
-                if taken[queue] < room(queue):
-                    taken[queue] += 1
-                    chosen.append(int(row_id))
-            if not chosen:
-                return []
-            rows = await tx.fetchall(
-                f"UPDATE parked SET next_attempt_at = ? WHERE id IN ({_marks(chosen)}) RETURNING {_CLAIMED}",  # noqa: S608
-                (now() + lease, *chosen),
-            )
-            subscriptions = {queue: await _subscription(tx, queue) for queue in taken}
-        return [_pending(row, subscriptions[row[1]]) for row in rows]
+        return (await self.settle_and_claim((), (), limit, lease, room))[1]
 
     async def settle(self, outcomes: Sequence[Outcome], backoff: Sequence[float]) -> list[Status]:
         """Record what happened to each delivery; the status each failed one has now (dead or retrying)."""
+        return (await self.settle_and_claim(outcomes, backoff, 0, 0.0))[0]
+
+    async def settle_and_claim(
+        self,
+        outcomes: Sequence[Outcome],
+        backoff: Sequence[float],
+        limit: int,
+        lease: float,
+        room: Callable[[str], int] = lambda queue: 1 << 30,
+    ) -> tuple[list[Status], list[PendingDelivery]]:
+        """:meth:`settle` then :meth:`claim`, in one transaction (the worker's round: one commit).
+
+        Settling first lets the claim take the deliveries it just made due.
+        """
+        async with self.database.transaction() as tx:
+            statuses = await self._settle(tx, outcomes, backoff) if outcomes else []
+            claimed = await self._claim(tx, limit, lease, room) if limit > 0 else []
+        return statuses, claimed
+
+    async def _claim(
+        self, tx: Transaction, limit: int, lease: float, room: Callable[[str], int]
+    ) -> list[PendingDelivery]:
+        lock = " FOR UPDATE SKIP LOCKED" if self._postgresql else ""
+        candidates = await tx.fetchall(
+            "SELECT id, consumer FROM parked WHERE status = ? AND next_attempt_at <= ? "  # noqa: S608
+            f"AND consumer LIKE ? ORDER BY next_attempt_at, id LIMIT ?{lock}",
+            (Status.RETRYING.value, now(), f"{QUEUE_PREFIX}%", limit),
+        )
+        taken: Counter[str] = Counter()
+        chosen = []
+        for row_id, queue in candidates:
+            if taken[queue] < room(queue):
+                taken[queue] += 1
+                chosen.append(int(row_id))
+        if not chosen:
+            return []
+        rows = await tx.fetchall(
+            f"UPDATE parked SET next_attempt_at = ? WHERE id IN ({_marks(chosen)}) RETURNING {_CLAIMED}",  # noqa: S608
+            (now() + lease, *chosen),
+        )
+        subscriptions = {queue: await _subscription(tx, queue) for queue in taken}
+        return [_pending(row, subscriptions[row[1]]) for row in rows]
+
+    async def _settle(
+        self, tx: Transaction, outcomes: Sequence[Outcome], backoff: Sequence[float]
+    ) -> list[Status]:
         delivered = [o.delivery for o in outcomes if o.error is None and o.delivery.subscription]
         dropped = {o.delivery.queue for o in outcomes if o.delivery.subscription is None}
         statuses = []
-        async with self.database.transaction() as tx:
-            if delivered:
-                await self._resolve(tx, delivered)
-            for queue in dropped:
-                await tx.execute("DELETE FROM parked WHERE consumer = ?", (queue,))
-            for outcome in outcomes:
-                if outcome.error is not None and outcome.delivery.subscription is not None:
-                    statuses.append(await self._failed(tx, outcome, backoff))
+        if delivered:
+            await self._resolve(tx, delivered)
+        for queue in dropped:
+            await tx.execute("DELETE FROM parked WHERE consumer = ?", (queue,))
+        for outcome in outcomes:
+            if outcome.error is not None and outcome.delivery.subscription is not None:
+                statuses.append(await self._failed(tx, outcome, backoff))
         return statuses
 
     async def _resolve(self, tx: Transaction, delivered: Sequence[PendingDelivery]) -> None:
         """Drop delivered heads and make the next delivery of each (listener, entity) due now."""
         ids = [d.id for d in delivered]
         await tx.execute(f"DELETE FROM parked WHERE id IN ({_marks(ids)})", ids)  # noqa: S608
-        queues = sorted({d.queue for d in delivered})
-        entities = sorted({d.entity_key for d in delivered})
-        # The cross product may name pairs nobody delivered: their oldest row is promoted only if it
-        # is blocked with nothing before it, which is exactly a head that must exist anyway.
-        await tx.execute(
-            "UPDATE parked SET status = ?, next_attempt_at = ? WHERE status = ? AND id IN ("  # noqa: S608
-            f"SELECT MIN(id) FROM parked WHERE consumer IN ({_marks(queues)}) "
-            f"AND entity_key IN ({_marks(entities)}) GROUP BY consumer, entity_key)",
-            (Status.RETRYING.value, now(), Status.BLOCKED.value, *queues, *entities),
+        # Each delivered (listener, entity) pair: its oldest row becomes the head if it is blocked
+        # (one indexed lookup per pair on parked_sequence).
+        pairs = dict.fromkeys((d.queue, d.entity_key) for d in delivered)
+        moment = now()
+        await tx.executemany(
+            "UPDATE parked SET status = ?, next_attempt_at = ? WHERE status = ? AND id = "
+            "(SELECT MIN(id) FROM parked WHERE consumer = ? AND entity_key = ?)",
+            [(Status.RETRYING.value, moment, Status.BLOCKED.value, queue, key) for queue, key in pairs],
         )
 
     async def _failed(self, tx: Transaction, outcome: Outcome, backoff: Sequence[float]) -> Status:
@@ -592,45 +806,61 @@ class DeliveryWorker:
     async def run(self) -> None:
         await self.database.create_tables(PARKED_TABLES, HUB_TABLES, HUB_DELIVERY_TABLES)
         sender = WebhookSender(self.guard, self.options, self._transport)
-        loops = [
-            asyncio.create_task(self._claim_loop(sender), name="hub-delivery:claim"),
-            asyncio.create_task(self._settle_loop(), name="hub-delivery:settle"),
-        ]
         try:
-            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                task.result()
+            await self._pump(sender)
         finally:
-            for task in (*loops, *self._sending):
+            for task in self._sending:
                 task.cancel()
-            await asyncio.gather(*loops, *self._sending, return_exceptions=True)
+            await asyncio.gather(*self._sending, return_exceptions=True)
             self._sending.clear()
             self._in_flight.clear()
             await sender.close()  # leased deliveries not settled are due again when their lease ends
 
-    async def _claim_loop(self, sender: WebhookSender) -> None:
+    async def _pump(self, sender: WebhookSender) -> None:
+        """Rounds of one transaction each: settle the finished deliveries, claim as many more."""
         loop = asyncio.get_running_loop()
         next_stranded_check = loop.time()
+        # While busy, claim only when a quarter of the slots is free: each round's transaction
+        # then carries several deliveries instead of one.
+        least = max(1, min(self.options.batch_size, self.options.max_in_flight) // 4)
         while True:
+            self._wakeup.clear()
+            outcomes = self._finished()
+            for outcome in outcomes:
+                self._release(outcome.delivery.queue)
             free = self.options.max_in_flight - self.in_flight
-            claimed: list[PendingDelivery] = []
-            if free > 0:
-                claimed = await self.queue.claim(
-                    min(free, self.options.batch_size), self.options.lease, self._room
+            limit = min(free, self.options.batch_size) if free >= least or not self.in_flight else 0
+            if outcomes or limit:
+                statuses, claimed = await self.queue.settle_and_claim(
+                    outcomes, self.options.backoff, limit, self.options.lease, self._room
                 )
+                self._count(outcomes, statuses)
                 for delivery in claimed:
                     self._dispatch(sender, delivery)
-            if claimed and len(claimed) == min(free, self.options.batch_size):
-                continue  # there may be more due right now
+                if claimed and len(claimed) == limit:
+                    continue  # there may be more due right now
             if loop.time() >= next_stranded_check:
                 await self.queue.promote_stranded()
                 next_stranded_check = loop.time() + self._stranded_interval
-            await self._idle(busy=free <= 0)
+            if self._outcomes.empty():
+                await self._idle(busy=bool(self.in_flight))
+
+    def _finished(self) -> list[Outcome]:
+        batch: list[Outcome] = []
+        while not self._outcomes.empty() and len(batch) < 1000:
+            batch.append(self._outcomes.get_nowait())
+        return batch
+
+    def _release(self, queue: str) -> None:
+        self._in_flight[queue] -= 1
+        if self._in_flight[queue] <= 0:
+            del self._in_flight[queue]
 
     def _room(self, queue: str) -> int:
         return self.options.per_listener - self._in_flight[queue]
 
     async def _idle(self, *, busy: bool) -> None:
+        """Until a delivery finishes, a fan-out commits, or the next delivery is due."""
         delay = self.options.poll_interval
         if not busy:
             next_at = await self.queue.next_due_at()
@@ -639,7 +869,6 @@ class DeliveryWorker:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):  # not wait_for: it can swallow a cancel (3.11)
                 await self._wakeup.wait()
-        self._wakeup.clear()
 
     def _dispatch(self, sender: WebhookSender, delivery: PendingDelivery) -> None:
         self._in_flight[delivery.queue] += 1
@@ -661,20 +890,8 @@ class DeliveryWorker:
                 error = exc
             if self.stats.keep_latencies:
                 self.stats.latencies.append(asyncio.get_running_loop().time() - started)
-        await self._outcomes.put(Outcome(delivery, error))
-
-    async def _settle_loop(self) -> None:
-        while True:
-            batch = [await self._outcomes.get()]
-            while not self._outcomes.empty() and len(batch) < 1000:
-                batch.append(self._outcomes.get_nowait())
-            statuses = await self.queue.settle(batch, self.options.backoff)
-            self._count(batch, statuses)
-            for outcome in batch:
-                self._in_flight[outcome.delivery.queue] -= 1
-                if self._in_flight[outcome.delivery.queue] <= 0:
-                    del self._in_flight[outcome.delivery.queue]
-            self._wakeup.set()  # the next delivery of each settled entity may be due now
+        self._outcomes.put_nowait(Outcome(delivery, error))
+        self._wakeup.set()
 
     def _count(self, batch: Iterable[Outcome], statuses: Sequence[Status]) -> None:
         for outcome in batch:

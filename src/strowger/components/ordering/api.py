@@ -11,16 +11,23 @@ TMF errors:
 * a change the order's state does not allow → 409 ``invalidStateTransition``;
 * ``GET /productOrder/{id}?asOf=<RFC 3339>`` → the order as it was then (replayed), 404 if it did not
   exist yet, 400 if ``asOf`` is not an RFC 3339 date-time with an offset.
+
+``GET /openapi.json`` serves the OpenAPI 3 document of these routes, with the TMF622 v4
+schemas (``strowger/tmf/specs/v4``) as ``components.schemas``.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
+from functools import cache
+from importlib.resources import files
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from fastapi.openapi.utils import get_openapi
 
 from strowger.components.ordering.aggregate import InvalidOrder, ReadOnlyAttribute
 from strowger.components.ordering.service import OrderingService
@@ -31,9 +38,12 @@ from strowger.tmf.errors import BadRequest, JsonResponse, TmfRoute
 from strowger.tmf.hubs import CallbackGuard, HubStore, subscription_from_body, subscription_not_found
 from strowger.tmf.patch import PATCH_MEDIA_TYPES, apply_patch
 from strowger.tmf.query import Page, parse_fields, parse_query, select_fields
-from strowger.tmf.router import read_json
+from strowger.tmf.router import hub_docs, listener_docs, read_json
 
 API_NAME = "productOrderingManagement"
+API_TITLE = "TMF622 Product Ordering Management"
+API_VERSION = "4.0.0"
+SPEC_FILE = "specs/v4/TMF622-ProductOrdering-v4.0.0.swagger.json"
 MAX_BODY_BYTES = 1 << 20
 
 
@@ -76,6 +86,7 @@ def ordering_router(
     _order_routes(router, service)
     _cancel_routes(router, service)
     _hub_routes(router, service.base_path, HubStore(database, API_NAME), guard or CallbackGuard())
+    _openapi_route(router)
     return router
 
 
@@ -97,25 +108,46 @@ def _query(request: Request) -> list[tuple[str, str]]:
 def _order_routes(router: APIRouter, service: OrderingService) -> None:
     tag = "productOrder"
 
-    @router.post("/productOrder", tags=[tag], summary="Create a ProductOrder", status_code=201)
+    @router.post(
+        "/productOrder",
+        tags=[tag],
+        summary="Create a ProductOrder",
+        status_code=201,
+        openapi_extra=_create_docs("ProductOrder"),
+    )
     async def create_order(request: Request) -> Response:
         body, _ = await read_json(request, MAX_BODY_BYTES)
         with api_errors():
             order = await service.place(_object(body))
         return JsonResponse(order, status_code=201, headers={"Location": str(order["href"])})
 
-    @router.get("/productOrder", tags=[tag], summary="List or find ProductOrder objects")
+    @router.get(
+        "/productOrder",
+        tags=[tag],
+        summary="List or find ProductOrder objects",
+        openapi_extra=_list_docs("ProductOrder"),
+    )
     async def list_orders(request: Request) -> Response:
         return _page(await service.list(parse_query(_query(request))))
 
-    @router.get("/productOrder/{id}", tags=[tag], summary="Retrieve a ProductOrder, optionally asOf a time")
+    @router.get(
+        "/productOrder/{id}",
+        tags=[tag],
+        summary="Retrieve a ProductOrder, optionally asOf a time",
+        openapi_extra=_get_docs("ProductOrder", as_of=True),
+    )
     async def get_order(id: str, request: Request) -> Response:
         as_of = parse_as_of(request.query_params.get("asOf"))
         fields = request.query_params.get("fields")
         order = await service.get(id, as_of=as_of)
         return JsonResponse(select_fields(order, parse_fields(fields) if fields is not None else None))
 
-    @router.patch("/productOrder/{id}", tags=[tag], summary="Update a ProductOrder")
+    @router.patch(
+        "/productOrder/{id}",
+        tags=[tag],
+        summary="Update a ProductOrder",
+        openapi_extra=_patch_docs("ProductOrder"),
+    )
     async def patch_order(id: str, request: Request) -> Response:
         body, media_type = await read_json(request, MAX_BODY_BYTES, PATCH_MEDIA_TYPES)
         with api_errors():
@@ -123,7 +155,11 @@ def _order_routes(router: APIRouter, service: OrderingService) -> None:
         return JsonResponse(order)
 
     @router.delete(
-        "/productOrder/{id}", tags=[tag], summary="Delete a finished ProductOrder", status_code=204
+        "/productOrder/{id}",
+        tags=[tag],
+        summary="Delete a finished ProductOrder",
+        status_code=204,
+        openapi_extra={"responses": _errors(404, 409)},
     )
     async def delete_order(id: str) -> Response:
         await service.delete(id)
@@ -133,7 +169,13 @@ def _order_routes(router: APIRouter, service: OrderingService) -> None:
 def _cancel_routes(router: APIRouter, service: OrderingService) -> None:
     tag = "cancelProductOrder"
 
-    @router.post("/cancelProductOrder", tags=[tag], summary="Create a CancelProductOrder", status_code=201)
+    @router.post(
+        "/cancelProductOrder",
+        tags=[tag],
+        summary="Create a CancelProductOrder",
+        status_code=201,
+        openapi_extra=_create_docs("CancelProductOrder"),
+    )
     async def create_cancel(request: Request) -> Response:
         body = _object((await read_json(request, MAX_BODY_BYTES))[0])
         reference = body.get("productOrder")
@@ -152,11 +194,21 @@ def _cancel_routes(router: APIRouter, service: OrderingService) -> None:
             ) from None
         return JsonResponse(task, status_code=201, headers={"Location": str(task["href"])})
 
-    @router.get("/cancelProductOrder", tags=[tag], summary="List or find CancelProductOrder objects")
+    @router.get(
+        "/cancelProductOrder",
+        tags=[tag],
+        summary="List or find CancelProductOrder objects",
+        openapi_extra=_list_docs("CancelProductOrder"),
+    )
     async def list_cancels(request: Request) -> Response:
         return _page(await service.list_tasks(parse_query(_query(request))))
 
-    @router.get("/cancelProductOrder/{id}", tags=[tag], summary="Retrieve a CancelProductOrder")
+    @router.get(
+        "/cancelProductOrder/{id}",
+        tags=[tag],
+        summary="Retrieve a CancelProductOrder",
+        openapi_extra=_get_docs("CancelProductOrder"),
+    )
     async def get_cancel(id: str, request: Request) -> Response:
         fields = request.query_params.get("fields")
         task = await service.get_task(id)
@@ -166,7 +218,7 @@ def _cancel_routes(router: APIRouter, service: OrderingService) -> None:
 def _hub_routes(router: APIRouter, base_path: str, store: HubStore, guard: CallbackGuard) -> None:
     tag = "events subscription"
 
-    @router.post("/hub", tags=[tag], summary="Register a listener", status_code=201)
+    @router.post("/hub", tags=[tag], summary="Register a listener", status_code=201, openapi_extra=hub_docs())
     async def register_listener(request: Request) -> Response:
         body, _ = await read_json(request, MAX_BODY_BYTES)
         callback, query, secret = await subscription_from_body(body, guard)
@@ -174,15 +226,118 @@ def _hub_routes(router: APIRouter, base_path: str, store: HubStore, guard: Callb
         headers = {"Location": f"{base_path}/hub/{subscription.id}"}
         return JsonResponse(subscription.to_tmf(), status_code=201, headers=headers)
 
-    @router.get("/hub/{id}", tags=[tag], summary="Retrieve a listener")
+    @router.get("/hub/{id}", tags=[tag], summary="Retrieve a listener", openapi_extra=listener_docs())
     async def get_listener(id: str) -> Response:
         subscription = await store.get(id)
         if subscription is None:
             raise subscription_not_found(id)
         return JsonResponse(subscription.to_tmf())
 
-    @router.delete("/hub/{id}", tags=[tag], summary="Unregister a listener", status_code=204)
+    @router.delete(
+        "/hub/{id}",
+        tags=[tag],
+        summary="Unregister a listener",
+        status_code=204,
+        openapi_extra={"responses": _errors(404)},
+    )
     async def unregister_listener(id: str) -> Response:
         if not await store.remove(id):
             raise subscription_not_found(id)
         return Response(status_code=204)
+
+
+# --- the OpenAPI document (bodies are parsed by hand, so they are declared here) --------------
+
+
+@cache
+def openapi_schemas() -> Mapping[str, Any]:
+    """The TMF622 v4 definitions as OpenAPI 3 ``components.schemas`` (and the TMF error)."""
+    text = files("strowger.tmf").joinpath(SPEC_FILE).read_text(encoding="utf-8")
+    definitions = json.loads(text)["definitions"]
+    schemas: dict[str, Any] = json.loads(
+        json.dumps(definitions).replace("#/definitions/", "#/components/schemas/")
+    )
+    schemas["Error"] = _ERROR_SCHEMA
+    return schemas
+
+
+def _openapi_route(router: APIRouter) -> None:
+    @router.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> Response:
+        routes = [route for route in router.routes if getattr(route, "include_in_schema", False)]
+        document = get_openapi(title=API_TITLE, version=API_VERSION, routes=routes)
+        document.setdefault("components", {}).setdefault("schemas", {}).update(openapi_schemas())
+        return JsonResponse(document)
+
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["code", "reason"],
+    "properties": {name: {"type": "string"} for name in ("code", "reason", "message", "status", "@type")},
+}
+_FIELDS = {
+    "name": "fields",
+    "in": "query",
+    "schema": {"type": "string"},
+    "description": "Comma-separated properties",
+}
+_PAGE = [
+    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+]
+_AS_OF = {
+    "name": "asOf",
+    "in": "query",
+    "schema": {"type": "string", "format": "date-time"},
+    "description": "The order as it was at this RFC 3339 date-time (replayed from its events)",
+}
+_PATCH_TYPES = ("application/merge-patch+json", "application/json")
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {
+        str(status): {"description": "Error", "content": {"application/json": {"schema": _ref("Error")}}}
+        for status in statuses
+    }
+
+
+def _one(schema: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+def _create_docs(schema: str) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(f"{schema}_Create")}},
+        },
+        "responses": {"201": _one(schema, "Created")} | _errors(400, 413, 415),
+    }
+
+
+def _list_docs(schema: str) -> dict[str, Any]:
+    many = {"application/json": {"schema": {"type": "array", "items": _ref(schema)}}}
+    return {
+        "parameters": [_FIELDS, *_PAGE],
+        "responses": {"200": {"description": "Success", "content": many}} | _errors(400),
+    }
+
+
+def _get_docs(schema: str, *, as_of: bool = False) -> dict[str, Any]:
+    return {
+        "parameters": [_FIELDS, _AS_OF] if as_of else [_FIELDS],
+        "responses": {"200": _one(schema, "Success")} | _errors(400, 404),
+    }
+
+
+def _patch_docs(schema: str) -> dict[str, Any]:
+    content = {media_type: {"schema": _ref(f"{schema}_Update")} for media_type in _PATCH_TYPES}
+    content["application/json-patch+json"] = {"schema": {"type": "array", "items": {"type": "object"}}}
+    return {
+        "requestBody": {"required": True, "content": content},
+        "responses": {"200": _one(schema, "Updated")} | _errors(400, 404, 409, 413, 415),
+    }
