@@ -54,7 +54,7 @@ class Platform:
     outbox: Outbox = field(default_factory=Outbox)
     metrics: Metrics = field(default_factory=Metrics)
     tables: list[TableSet] = field(default_factory=list)
-    startup_hooks: list[Hook] = field(default_factory=list)
+    startup_hooks: list[tuple[str | None, Hook]] = field(default_factory=list)
     tasks: list[tuple[str, Task]] = field(default_factory=list)
     routers: list[Any] = field(default_factory=list)
     runners: list[ConsumerRunner] = field(default_factory=list)
@@ -70,9 +70,13 @@ class Platform:
     def add_tables(self, *table_sets: TableSet) -> None:
         self.tables.extend(table_sets)
 
-    def on_startup(self, hook: Hook) -> None:
-        """Run ``hook`` once the database and bus are up, before the tasks start."""
-        self.startup_hooks.append(hook)
+    def on_startup(self, hook: Hook, *, part: str | None = None) -> None:
+        """Run ``hook`` once the database and bus are up, before the tasks start.
+
+        ``part`` (an API base path, consumer group or task of the component catalogue) names
+        whose hook it is, so a process running another component skips it; None: every process.
+        """
+        self.startup_hooks.append((part, hook))
 
     def add_task(self, name: str, task: Task) -> None:
         """A coroutine run for the life of the platform (a relay, a consumer loop, a scheduler)."""
@@ -95,7 +99,7 @@ class Platform:
         await self.database.create_tables(*self.tables)
         await self.bus.start()
         await self.bus.ensure_topics(ALL_TOPICS)
-        for hook in self.startup_hooks:
+        for _, hook in self.startup_hooks:
             await hook()
         for name, task in self.tasks:
             self._running.append(asyncio.create_task(self._supervise(name, task), name=name))
@@ -171,6 +175,9 @@ def _select_component(platform: Platform) -> None:
         return any(path.startswith(api) for path in paths for api in component.http_apis)
 
     platform.tasks = [(name, task) for name, task in platform.tasks if task_runs(name)]
+    platform.startup_hooks = [
+        (part, hook) for part, hook in platform.startup_hooks if part is None or component.runs(part)
+    ]
     platform.runners = [runner for runner in platform.runners if component.runs(runner.name)]
     kept = [router for router in platform.routers if router_runs(router)]
     platform.index_links = [
@@ -242,7 +249,7 @@ def _tmf_apis(platform: Platform) -> None:
             inserted = await load_sample_catalog(database, platform.sink("catalog"))
             log.info("sample catalog loaded", extra={"documents": inserted})
 
-        platform.on_startup(seed_catalog)
+        platform.on_startup(seed_catalog, part=CATALOG_API.base_path)
     delivery.install(
         platform,
         [
@@ -307,7 +314,7 @@ def _operations(platform: Platform) -> None:
         await registry.create_tables()
         await registry.register_all(await asyncio.to_thread(builtin_schemas))
 
-    platform.on_startup(seed_registry)
+    platform.on_startup(seed_registry, part="/schema-registry")
     platform.add_router(dlq_router, title="Dead letters", href="/dlq")
     platform.add_router(registry_router(registry), title="Schema registry", href="/schema-registry/subjects")
     platform.add_router(asyncapi_router(registry), title="AsyncAPI", href="/asyncapi.json")

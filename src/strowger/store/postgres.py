@@ -15,7 +15,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from strowger.errors import ConcurrencyConflict, ServiceUnavailable
-from strowger.store.db import Database, Params, Row, Transaction
+from strowger.store.db import Database, Params, Row, TableSet, Transaction
 
 
 @functools.lru_cache(maxsize=4096)
@@ -65,6 +65,15 @@ class PostgresDatabase(Database):
             await connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
             await connection.execute(f'SET search_path TO "{self.schema}"')
         await connection.commit()
+
+    async def create_tables(self, *table_sets: TableSet) -> None:
+        """As the base class, one process at a time: concurrent DDL on one schema can deadlock
+        (processes of a cluster start together and each creates every table)."""
+        async with self.transaction() as tx:
+            await tx.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"strowger-ddl:{self.schema}",))
+            for table_set in table_sets:
+                for statement in table_set.ddl(self.kind):
+                    await tx.execute(statement)
 
     async def open(self) -> None:
         if self._pool is not None:

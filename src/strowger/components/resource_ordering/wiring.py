@@ -30,7 +30,7 @@ def install(platform: Platform) -> ResourceOrdering:
         await pools.install()
         log.info("resource pools installed", extra={"pools": len(pools.definitions)})
 
-    platform.on_startup(install_pools)
+    platform.on_startup(install_pools, part="rom")
     guard = CallbackGuard.from_settings(platform.settings.hub_allowed_networks)
     platform.add_router(
         resource_ordering_router(database, platform.sink(RESOURCE_ORDERING_API.producer), guard),

@@ -1,0 +1,142 @@
+"""What must hold after a chaos scenario, read from the cluster's own database.
+
+The order-level invariants (every order terminal or quarantined, no leaked pool value,
+charges - credits == prices of completed orders) come from the demo driver; this module
+adds the exactly-once checks: each counts EFFECTS (charge rows, notifications, analytics
+rows, dead letters), not deliveries, so a redelivered event that took effect twice shows.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from strowger.components.billing.pricing import charge_lines
+from strowger.demo.drive import Invariant, OrderRecord, _price_book
+from strowger.store.db import Database
+
+ACKNOWLEDGED_TEMPLATE_EVENT = "ProductOrderCreateEvent"
+
+
+@dataclass(frozen=True, slots=True)
+class RunScope:
+    """The orders of one scenario (several scenarios share a cluster)."""
+
+    orders: Sequence[OrderRecord]
+
+    @property
+    def ids(self) -> list[str]:
+        return [order.id for order in self.orders if order.id]
+
+
+async def effect_checks(
+    database: Database, scope: RunScope, parked_before: int, poison: int
+) -> list[Invariant]:
+    return [
+        await charges_once(database, scope),
+        await notifications_once(database, scope),
+        await analytics_once(database, scope),
+        await dead_letters(database, parked_before, poison),
+    ]
+
+
+async def _counts(database: Database, sql: str, ids: list[str]) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        for key, count in await database.fetchall(sql.format(ids=marks), tuple(chunk)):
+            counts[str(key)] += int(count)
+    return counts
+
+
+def expected_charge_lines(order: OrderRecord) -> int:
+    if order.state != "completed":
+        return 0
+    document = {
+        "id": order.id,
+        "billingAccount": {"id": "BA"},
+        "productOrderItem": [
+            {"id": "1", "action": "add", "state": "completed", "productOffering": {"id": order.offering}}
+        ],
+    }
+    return len(charge_lines(document, _price_book()))
+
+
+async def charges_once(database: Database, scope: RunScope) -> Invariant:
+    """One charge row per (item, price) of every completed order; none for the others."""
+    rows = await _counts(
+        database,
+        "SELECT order_id, COUNT(*) FROM billing_charge WHERE kind = 'charge' AND order_id IN ({ids}) "
+        "GROUP BY order_id",
+        scope.ids,
+    )
+    expected = {order.id: expected_charge_lines(order) for order in scope.orders if order.id}
+    wrong = [order_id for order_id, count in expected.items() if rows.get(order_id, 0) != count]
+    detail = f"{sum(rows.values())} charge rows, {sum(expected.values())} expected"
+    if wrong:
+        detail += (
+            f"; {len(wrong)} orders off, e.g. {wrong[0]}: {rows.get(wrong[0], 0)} vs {expected[wrong[0]]}"
+        )
+    return Invariant("each completed order charged exactly once per price", not wrong, detail)
+
+
+async def notifications_once(database: Database, scope: RunScope) -> Invariant:
+    """Every order notified of its acceptance exactly once; no (order, template, channel) twice."""
+    duplicates = await _counts(
+        database,
+        "SELECT entity_key, COUNT(*) - 1 FROM notification WHERE entity_key IN ({ids}) "
+        "GROUP BY entity_key, template, channel HAVING COUNT(*) > 1",
+        scope.ids,
+    )
+    acknowledged = await _counts(
+        database,
+        "SELECT entity_key, COUNT(DISTINCT event_id) FROM notification WHERE entity_key IN ({ids}) "
+        "GROUP BY entity_key",
+        scope.ids,
+    )
+    missing = [order_id for order_id in scope.ids if acknowledged.get(order_id, 0) == 0]
+    extra = sum(duplicates.values())
+    detail = (
+        f"{sum(acknowledged.values())} order events notified, {extra} duplicates, "
+        f"{len(missing)} orders never notified"
+    )
+    return Invariant("each order event notified exactly once", extra == 0 and not missing, detail)
+
+
+async def analytics_once(database: Database, scope: RunScope) -> Invariant:
+    """The analytics read model has each order once, in the state the order is in."""
+    states: dict[str, str] = {}
+    for start in range(0, len(scope.ids), 500):
+        chunk = scope.ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))  # placeholders only: the ids travel as parameters
+        sql = "SELECT order_id, state FROM analytics_order WHERE order_id IN (" + marks + ")"  # noqa: S608
+        states.update(
+            {str(order_id): str(state) for order_id, state in await database.fetchall(sql, tuple(chunk))}
+        )
+    wrong = [order.id for order in scope.orders if order.id and states.get(order.id) != order.state]
+    detail = f"{len(states)} of {len(scope.ids)} orders in analytics"
+    if wrong:
+        detail += f"; {len(wrong)} missing or stale, e.g. {wrong[0]}: {states.get(wrong[0])!r}"
+    return Invariant("analytics saw each order exactly in its final state", not wrong, detail)
+
+
+async def last_parked_id(database: Database) -> int:
+    """Where the dead-letter table ends now (ids grow): a scenario looks only past it."""
+    row = await database.fetchone("SELECT COALESCE(MAX(id), 0) FROM parked")
+    return int(row[0]) if row else 0
+
+
+async def dead_letters(database: Database, parked_before: int, poison: int) -> Invariant:
+    """Only the injected poison messages reached the dead-letter queue (one per consuming group)."""
+    rows = await database.fetchall(
+        "SELECT error_type, COUNT(*) FROM parked WHERE id > ? GROUP BY error_type", (parked_before,)
+    )
+    by_type = {str(error_type): int(count) for error_type, count in rows}
+    parked = sum(by_type.values())
+    malformed = by_type.get("MalformedMessage", 0)
+    unexpected = parked - malformed
+    ok = unexpected == 0 and (malformed > 0) == (poison > 0)
+    detail = f"{parked} dead letters: {malformed} malformed (poison injected: {poison}), {unexpected} others"
+    return Invariant("dead letters are exactly the injected poison", ok, detail)

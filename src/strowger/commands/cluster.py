@@ -1,0 +1,150 @@
+"""``strowger cluster up|down|status``: the platform as one process per component instance, locally.
+
+Against PostgreSQL and Kafka (or RabbitMQ); each cluster gets a fresh schema and bus
+namespace, so clusters and test runs never see each other. ``scripts/cluster`` wraps it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Literal
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from strowger.cluster.plan import plan_cluster
+from strowger.cluster.supervisor import (
+    READY_TIMEOUT,
+    STOP_TIMEOUT,
+    Cluster,
+    ClusterError,
+    ProcessStatus,
+    state_summary,
+)
+
+cluster_app = typer.Typer(
+    name="cluster", help="Run the platform as a multi-process cluster on this machine.", no_args_is_help=True
+)
+console = Console()
+
+DEFAULT_ROOT = Path("var/cluster")
+DEFAULT_DATABASE = "postgresql://strowger:strowger@127.0.0.1:5432/strowger"
+BUS_URLS = {"kafka": "kafka://127.0.0.1:9092", "rabbitmq": "amqp://guest:guest@127.0.0.1:5672/"}
+BusChoice = Literal["kafka", "rabbitmq"]
+RootOption = Annotated[Path, typer.Option("--dir", help="Where the state file and the logs go")]
+
+
+def database_url() -> str:
+    """STROWGER_DATABASE_URL when it names PostgreSQL, else the local development server."""
+    url = os.environ.get("STROWGER_DATABASE_URL", "")
+    return url if url.startswith(("postgresql://", "postgres://")) else DEFAULT_DATABASE
+
+
+def bus_url(bus: str) -> str:
+    url = os.environ.get("STROWGER_BUS_URL", "")
+    wanted = "kafka://" if bus == "kafka" else "amqp"
+    return url if url.startswith(wanted) else BUS_URLS[bus]
+
+
+@cluster_app.command()
+def up(
+    instances: Annotated[int, typer.Option(min=1, max=4, help="Instances of each scalable component")] = 2,
+    bus: Annotated[str, typer.Option(help="kafka or rabbitmq")] = "kafka",
+    root: RootOption = DEFAULT_ROOT,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for every /ready")] = READY_TIMEOUT,
+) -> None:
+    """Start every component in its own process and wait until all are ready."""
+    if bus not in BUS_URLS:
+        raise typer.BadParameter("kafka or rabbitmq", param_hint="--bus")
+    if _running(root):
+        console.print(f"a cluster is already running from {root}: `strowger cluster down` first")
+        raise typer.Exit(1)
+    plan = plan_cluster(root, database_url=database_url(), bus_url=bus_url(bus), instances=instances)
+    cluster = Cluster(plan)
+    console.print(
+        f"starting {len(plan.processes)} processes: schema [bold]{plan.database_schema}[/], "
+        f"bus namespace [bold]{plan.bus_namespace}[/] on {bus}",
+        highlight=False,
+    )
+    try:
+        asyncio.run(cluster.up(timeout))
+    except ClusterError as exc:
+        console.print(f"[red]{exc}[/]; stopping what started")
+        asyncio.run(cluster.down())
+        raise typer.Exit(1) from None
+    _print_status(cluster)
+    console.print(f"admin API key (X-API-Key): [bold]{cluster.admin_key}[/]", highlight=False)
+
+
+@cluster_app.command()
+def status(
+    root: RootOption = DEFAULT_ROOT,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document")] = False,
+) -> None:
+    """Every process: component, pid, port, alive, ready."""
+    cluster = _load(root)
+    if as_json:
+        rows = asyncio.run(cluster.status())
+        typer.echo(orjson.dumps(_json(rows)).decode())
+        return
+    _print_status(cluster)
+
+
+@cluster_app.command()
+def down(
+    root: RootOption = DEFAULT_ROOT,
+    timeout: Annotated[float, typer.Option(help="Seconds between SIGTERM and SIGKILL")] = STOP_TIMEOUT,
+    keep_data: Annotated[bool, typer.Option(help="Keep the schema and topics")] = False,
+) -> None:
+    """Stop every process (SIGTERM, drain, then SIGKILL) and drop the cluster's schema and topics."""
+    cluster = _load(root)
+    killed = asyncio.run(cluster.down(timeout, drop=not keep_data))
+    stopped = len(cluster.plan.processes)
+    console.print(f"stopped {stopped} processes" + (f"; SIGKILLed {', '.join(killed)}" if killed else ""))
+
+
+def _running(root: Path) -> bool:
+    if not (root / "cluster.json").exists():
+        return False
+    existing = Cluster.load(root)
+    return any(existing.alive(name) for name in existing.pids)
+
+
+def _load(root: Path) -> Cluster:
+    try:
+        return Cluster.load(root)
+    except ClusterError as exc:
+        console.print(str(exc))
+        raise typer.Exit(1) from None
+
+
+def _json(rows: list[ProcessStatus]) -> dict[str, object]:
+    return {"processes": [asdict(row) for row in rows]}
+
+
+def _print_status(cluster: Cluster) -> None:
+    rows = asyncio.run(cluster.status())
+    table = Table(title=f"cluster {cluster.plan.cluster_id} ({cluster.plan.bus})")
+    for column in ("process", "component", "pid", "port", "alive", "ready"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row.name,
+            row.component,
+            str(row.pid or "-"),
+            str(row.port),
+            "yes" if row.alive else "[red]no[/]",
+            "yes" if row.ready else "[red]no[/]",
+        )
+    console.print(table)
+    summary = state_summary(rows)
+    console.print(f"{summary['ready']}/{summary['processes']} ready", highlight=False)
+
+
+if __name__ == "__main__":
+    cluster_app()
