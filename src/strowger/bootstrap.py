@@ -16,9 +16,12 @@ from datetime import timedelta
 from typing import Any
 
 from strowger.bus import Bus, open_bus
-from strowger.bus.runtime import Consumer, ConsumerRunner
+from strowger.bus.observe import MetricsObserver
+from strowger.bus.runtime import Consumer, ConsumerRunner, prepare_emitted
+from strowger.errors import SchemaViolation
 from strowger.events.envelope import Envelope, encode
 from strowger.events.topics import ALL_TOPICS
+from strowger.events.validation import SchemaValidator
 from strowger.ops.metrics import Metrics
 from strowger.settings import Settings
 from strowger.store.db import Database, TableSet, Transaction, open_database
@@ -32,15 +35,33 @@ STOP_TIMEOUT = 10.0  # seconds each task gets to finish its current batch on shu
 
 
 class OutboxSink:
-    """The EventSink every component emits through: the shared transactional outbox."""
+    """The EventSink every component emits through: the shared transactional outbox.
 
-    def __init__(self, outbox: Outbox, producer: str) -> None:
+    Each event is stamped (producer, trace context) and validated against its registered
+    schema before it is written: an invalid event is a bug in its producer and is refused.
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        producer: str,
+        *,
+        validator: SchemaValidator | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.outbox = outbox
         self.producer = producer
+        self.validator = validator
+        self.metrics = metrics
 
     async def emit(self, tx: Transaction, envelope: Envelope, topic: str) -> None:
-        if not envelope.producer:
-            envelope = envelope.with_producer(self.producer)
+        try:
+            envelope = prepare_emitted(envelope, topic, producer=self.producer, validator=self.validator)
+        except SchemaViolation:
+            if self.metrics is not None:
+                self.metrics.schema_violations_produced.labels(self.producer, envelope.event_type).inc()
+            log.exception("refused to emit an invalid %s on %s", envelope.event_type, topic)
+            raise
         await self.outbox.add(tx, [encode(envelope, topic)])
 
 
@@ -53,6 +74,8 @@ class Platform:
     bus: Bus
     outbox: Outbox = field(default_factory=Outbox)
     metrics: Metrics = field(default_factory=Metrics)
+    validator: SchemaValidator = field(default_factory=SchemaValidator)
+    observer: MetricsObserver = field(init=False)
     tables: list[TableSet] = field(default_factory=list)
     startup_hooks: list[tuple[str | None, Hook]] = field(default_factory=list)
     tasks: list[tuple[str, Task]] = field(default_factory=list)
@@ -63,9 +86,12 @@ class Platform:
     started: bool = False
     _running: list[asyncio.Task[None]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.observer = MetricsObserver(self.metrics)
+
     def sink(self, producer: str) -> OutboxSink:
         """Where component ``producer`` emits its events (the transactional outbox)."""
-        return OutboxSink(self.outbox, producer)
+        return OutboxSink(self.outbox, producer, validator=self.validator, metrics=self.metrics)
 
     def add_tables(self, *table_sets: TableSet) -> None:
         self.tables.extend(table_sets)
@@ -83,7 +109,15 @@ class Platform:
         self.tasks.append((name, task))
 
     def add_consumer(self, consumer: Consumer) -> ConsumerRunner:
-        runner = ConsumerRunner(consumer, self.bus, self.database, outbox=self.outbox)
+        runner = ConsumerRunner(
+            consumer,
+            self.bus,
+            self.database,
+            outbox=self.outbox,
+            observer=self.observer,
+            validator=self.validator,
+            timeline=True,
+        )
         self.runners.append(runner)
         self.add_task(f"consumer:{consumer.name}", runner.run)
         return runner
@@ -199,6 +233,7 @@ def _backbone(platform: Platform) -> None:
         platform.outbox,
         poll_interval=settings.outbox_poll_interval,
         retention=timedelta(days=settings.retention_days),
+        observer=platform.observer,
     )
     platform.add_task("outbox-relay", relay.run)
 
@@ -314,13 +349,22 @@ def _operations(platform: Platform) -> None:
         await registry.create_tables()
         await registry.register_all(await asyncio.to_thread(builtin_schemas))
 
-    platform.on_startup(seed_registry, part="/schema-registry")
+    async def load_validators() -> None:  # every process validates what it emits and consumes
+        await registry.create_tables()
+        loaded = await platform.validator.load(registry)
+        log.info("event schemas loaded for validation", extra={"schemas": loaded})
+
+    # First, so the events other startup hooks emit (the sample catalog) are validated too.
+    platform.startup_hooks[:0] = [("/schema-registry", seed_registry), (None, load_validators)]
     platform.add_router(dlq_router, title="Dead letters", href="/dlq")
     platform.add_router(registry_router(registry), title="Schema registry", href="/schema-registry/subjects")
     platform.add_router(asyncapi_router(registry), title="AsyncAPI", href="/asyncapi.json")
     platform.add_router(trace_router)
     _monitoring(platform)
+    from strowger.components.reconciliation.wiring import install as install_reconciliation
     from strowger.ops.dashboard import install as install_dashboard
+
+    install_reconciliation(platform)
 
     install_dashboard(platform)
 

@@ -24,11 +24,15 @@ console = Console()
 
 def _mount_subcommands() -> None:
     from strowger.bench.cli import bench_app
+    from strowger.commands.chaos import chaos
+    from strowger.commands.cluster import cluster_app
+    from strowger.commands.demo import demo
     from strowger.commands.dlq import dlq_app
     from strowger.commands.history import history
     from strowger.commands.projections import projections_app
     from strowger.commands.sagas import sagas_app
     from strowger.commands.trace import trace
+    from strowger.commands.verify import verify_app
 
     app.add_typer(bench_app, name="bench")
     app.add_typer(dlq_app, name="dlq")
@@ -36,6 +40,10 @@ def _mount_subcommands() -> None:
     app.add_typer(sagas_app, name="sagas")
     app.command("trace")(trace)
     app.command("history")(history)
+    app.command("demo")(demo)
+    app.add_typer(cluster_app, name="cluster")
+    app.command("chaos")(chaos)
+    app.add_typer(verify_app, name="verify")
 
 
 _mount_subcommands()

@@ -48,6 +48,20 @@ async def test_the_index_links_every_api(client: httpx.AsyncClient) -> None:
     assert "/asyncapi.json" in index.text
 
 
+async def test_a_related_party_without_its_referred_type_is_a_400_naming_it(
+    client: httpx.AsyncClient,
+) -> None:
+    body = {
+        "productOrderItem": [{"id": "1", "action": "add", "productOffering": {"id": "PO-FIBRE-500"}}],
+        "relatedParty": [{"id": "CUST-1", "role": "Customer"}],  # TMF622 RelatedParty requires @referredType
+    }
+    refused = await client.post(
+        "/tmf-api/productOrderingManagement/v4/productOrder", json=body, headers={"X-API-Key": ADMIN_KEY}
+    )
+    assert refused.status_code == 400, refused.text
+    assert "@referredType" in refused.json()["message"]
+
+
 async def test_health_is_open_and_metrics_need_a_key(client: httpx.AsyncClient) -> None:
     assert (await client.get("/health")).status_code == 200
     assert (await client.get("/metrics")).status_code == 401
@@ -97,7 +111,7 @@ async def test_an_order_for_an_unknown_offering_is_rejected_with_the_reason(
 ) -> None:
     body = {
         "productOrderItem": [{"id": "1", "action": "add", "productOffering": {"id": "NO-SUCH-OFFER"}}],
-        "relatedParty": [{"id": "CUST-1", "role": "Customer"}],
+        "relatedParty": [{"id": "CUST-1", "role": "Customer", "@referredType": "Individual"}],
         "billingAccount": {"id": "BA-1"},
     }
     created = await client.post(

@@ -26,6 +26,23 @@ The transaction commits (effects, inbox rows, outbox rows, parked rows), and
 only then are the deliveries acknowledged: at-least-once, and the inbox makes
 the redelivery after a crash harmless. A retry task in the same runner applies
 parked heads when due, and the rows behind them in order.
+
+Observability (docs/operations-observability.md, "Pipeline instrumentation"), each
+switchable per runner so benches can measure with and without:
+
+* ``validator``: every decoded event is checked against its schema before its
+  handler; an invalid one is dead-lettered at once with error type
+  ``SchemaViolation`` (the validation dead-letter queue); emitted events are
+  checked before they reach the outbox.
+* ``tracing`` (default: on while spans are exported, :func:`tracing.exporting`):
+  each per-event handler call runs in a CONSUMER span whose parent is the
+  message's traceparent, and the events it emits get a traceparent of their own
+  PRODUCER span, children of it. With export off a span is only cost (over
+  100 µs each, docs/operations-observability.md), so emitted events then keep
+  the trace their cause named (``Envelope.caused`` copies it).
+* ``timeline``: one trace hop per applied, parked or dead event, written in the
+  batch's transaction (a hop exists iff the work committed).
+* ``observer``: told after commit what was applied, failed, dead-lettered (metrics).
 """
 
 from __future__ import annotations
@@ -34,12 +51,18 @@ import asyncio
 import contextlib
 import enum
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
+from strowger.bus.observe import APPLIED, DUPLICATE, NULL_OBSERVER, PipelineObserver, is_null, trace_emitted
 from strowger.bus.port import Bus, Delivery, Subscriber
-from strowger.errors import MalformedMessage, is_transient
+from strowger.errors import MalformedMessage, SchemaViolation, is_transient
 from strowger.events.envelope import Envelope, decode, encode
+from strowger.events.validation import SchemaValidator
+from strowger.ops import tracing
+from strowger.ops.trace_timeline import TRACE_TABLES, Hop, Outcome, TraceRecorder, produced_at_of
 from strowger.store.db import Database, Transaction
 from strowger.store.deadletters import PARKED_TABLES, Failure, ParkedMessage, ParkingLot, Status, now
 from strowger.store.inbox import INBOX_TABLES, Inbox
@@ -76,18 +99,47 @@ class UnitOfWork:
     delivery: Delivery
     outbox: Outbox
     deliveries: Sequence[Delivery] = ()
+    traced: bool = False  # stamp emitted events with a PRODUCER span (child of the handler's span)
+    validator: SchemaValidator | None = None  # check emitted events against their schema
 
     async def emit(self, envelope: Envelope, topic: str) -> None:
-        """Publish ``envelope`` on ``topic`` if, and only if, this unit of work commits."""
+        """Publish ``envelope`` on ``topic`` if, and only if, this unit of work commits.
+
+        Raises SchemaViolation (nothing written) if the event does not match its schema.
+        """
         await self.emit_many([envelope], topic)
 
     async def emit_many(self, envelopes: Sequence[Envelope], topic: str) -> None:
         """Publish ``envelopes`` on ``topic`` (one outbox insert) if, and only if, this work commits."""
-        messages = [
-            encode(envelope if envelope.producer else envelope.with_producer(self.consumer), topic)
-            for envelope in envelopes
-        ]
+        messages = [encode(self._prepare(envelope, topic), topic) for envelope in envelopes]
         await self.outbox.add(self.tx, messages)
+
+    def _prepare(self, envelope: Envelope, topic: str) -> Envelope:
+        return prepare_emitted(
+            envelope, topic, producer=self.consumer, traced=self.traced, validator=self.validator
+        )
+
+
+def prepare_emitted(
+    envelope: Envelope,
+    topic: str,
+    *,
+    producer: str,
+    traced: bool = True,
+    validator: SchemaValidator | None = None,
+) -> Envelope:
+    """``envelope`` as it goes into the outbox: its producer named, its own PRODUCER span's
+    traceparent (``traced``), checked against its schema (raises SchemaViolation).
+
+    Every emitter calls it: :class:`UnitOfWork` here, and the platform's ``OutboxSink``.
+    """
+    if not envelope.producer:
+        envelope = envelope.with_producer(producer)
+    if traced or not envelope.traceparent:  # untraced, an event still joins (or starts) a trace
+        envelope = trace_emitted(envelope, topic)
+    if validator is not None:
+        validator.check(envelope)
+    return envelope
 
 
 Handler = Callable[[Envelope, UnitOfWork], Awaitable[None]]
@@ -97,10 +149,25 @@ BatchHandler = Callable[[Sequence[Envelope], UnitOfWork], Awaitable[None]]
 class _SlowPathNeeded(Exception):
     """The fast path met a handler failure (or an undecodable message): redo the batch carefully."""
 
-    def __init__(self, delivery: Delivery | None, error: BaseException | None) -> None:
+    def __init__(self, delivery: Delivery | None, error: BaseException | None, seconds: float = 0.0) -> None:
         super().__init__("a handler failed in the batch fast path")
         self.delivery = delivery
         self.error = error
+        self.seconds = seconds
+
+
+@dataclass(slots=True)
+class _BatchLog:
+    """What one batch transaction did, for the timeline (written in it) and the observer (after it).
+
+    Only filled for what the runner records: nothing is appended when neither is on.
+    """
+
+    hops: list[Hop] = field(default_factory=list)
+    applied: list[tuple[Delivery, Envelope, float]] = field(default_factory=list)
+    duplicates: list[tuple[Delivery, Envelope]] = field(default_factory=list)
+    failed: list[tuple[Delivery, Envelope, float, BaseException]] = field(default_factory=list)
+    dead: list[tuple[Delivery, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +229,10 @@ class ConsumerRunner:
         outbox: Outbox | None = None,
         fetch_timeout: float = 1.0,
         retry_poll_interval: float = 1.0,
+        observer: PipelineObserver = NULL_OBSERVER,
+        validator: SchemaValidator | None = None,
+        tracing: bool | None = None,
+        timeline: bool = False,
     ) -> None:
         self.consumer = consumer
         self.bus = bus
@@ -176,6 +247,12 @@ class ConsumerRunner:
         self._retry_wakeup = asyncio.Event()
         self._subscriber: Subscriber | None = None
         self._log = logging.LoggerAdapter(log, {"consumer": consumer.name})
+        self.observer = observer
+        self.validator = validator
+        self.tracing = tracing  # None: while spans are exported
+        self.timeline = timeline
+        self._observing = not is_null(observer)
+        self._recorder = TraceRecorder()
 
     @property
     def name(self) -> str:
@@ -187,7 +264,8 @@ class ConsumerRunner:
 
     async def run(self) -> None:
         """Consume and retry until cancelled; leaves the group (uncommitted work is redelivered) on exit."""
-        await self.database.create_tables(INBOX_TABLES, OUTBOX_TABLES, PARKED_TABLES)
+        tables = (INBOX_TABLES, OUTBOX_TABLES, PARKED_TABLES) + ((TRACE_TABLES,) if self.timeline else ())
+        await self.database.create_tables(*tables)
         subscriber = self.bus.subscriber(self.name, self.consumer.topics)
         await subscriber.start()
         self._subscriber = subscriber
@@ -221,22 +299,29 @@ class ConsumerRunner:
 
         The fast path checks the inbox and the parking lot once for the whole batch and runs
         the handlers without a savepoint each. If a handler fails (or a message is not
-        decodable), that transaction rolls back and the batch is applied again message by
-        message with savepoints, reusing the failure seen, so the failing handler is not
-        called twice; the handlers before it are (their first effects were rolled back).
-        A failed batch handler does not say which event failed: every event is redone.
+        decodable, or not valid against its schema), that transaction rolls back and the batch
+        is applied again message by message with savepoints, reusing the failure seen, so the
+        failing handler is not called twice; the handlers before it are (their first effects
+        were rolled back). A failed batch handler does not say which event failed: every
+        event is redone.
         """
         if self.consumer.ack_policy is AckPolicy.ON_RECEIPT:
             await self._acknowledge(subscriber, batch)
         try:
             async with self.database.transaction() as tx:
-                counts = await self._apply_batch(tx, batch)
+                done = _BatchLog()
+                counts = await self._apply_batch(tx, batch, done)
+                await self._close_batch(tx, done)
             self._add_counts(counts)
         except _SlowPathNeeded as needed:
             async with self.database.transaction() as tx:
+                done = _BatchLog()
                 for delivery in batch:
-                    failure = needed.error if delivery is needed.delivery else None
-                    await self._handle(tx, delivery, known_failure=failure)
+                    if delivery is needed.delivery:
+                        await self._handle(tx, delivery, done, known_failure=needed)
+                    else:
+                        await self._handle(tx, delivery, done)
+                await self._close_batch(tx, done)
         self.stats.batches += 1
         if self.consumer.ack_policy is AckPolicy.AFTER_COMMIT:
             await self._acknowledge(subscriber, batch)
@@ -244,18 +329,71 @@ class ConsumerRunner:
     async def _acknowledge(self, subscriber: Subscriber, batch: Sequence[Delivery]) -> None:
         await subscriber.commit(batch)
 
-    async def _apply_batch(self, tx: Transaction, batch: Sequence[Delivery]) -> RunnerStats:
+    async def _close_batch(self, tx: Transaction, done: _BatchLog) -> None:
+        """Write the batch's timeline hops in ``tx``; tell the observer once ``tx`` has committed."""
+        if done.hops:
+            await self._recorder.record_hops(tx, done.hops)
+        if self._observing and (done.applied or done.duplicates or done.failed or done.dead):
+            tx.on_commit(lambda: self._report(done))
+
+    def _report(self, done: _BatchLog) -> None:
+        observer, name = self.observer, self.name
+        try:
+            for delivery, envelope, seconds in done.applied:
+                observer.handled(name, delivery, envelope, seconds, APPLIED)
+            for delivery, envelope in done.duplicates:
+                observer.handled(name, delivery, envelope, 0.0, DUPLICATE)
+            for delivery, envelope, seconds, error in done.failed:
+                observer.failed(name, delivery, envelope, seconds, error)
+            for delivery, error_type in done.dead:
+                observer.dead_lettered(name, delivery, error_type)
+        except Exception:  # an observer must never fail the pipeline (the work has committed)
+            self._log.exception("pipeline observer failed")
+
+    def _hop(self, done: _BatchLog, delivery: Delivery, envelope: Envelope, outcome: str) -> None:
+        message = delivery.message
+        done.hops.append(
+            Hop.of(
+                envelope,
+                topic=message.topic,
+                produced_at=produced_at_of(message, envelope),
+                consumer=self.name,
+                handled_at=datetime.now(UTC),
+                outcome=outcome,
+            )
+        )
+
+    @property
+    def traced(self) -> bool:
+        return tracing.exporting() if self.tracing is None else self.tracing
+
+    def _uow(self, tx: Transaction, delivery: Delivery, deliveries: Sequence[Delivery]) -> UnitOfWork:
+        return UnitOfWork(tx, self.name, delivery, self.outbox, deliveries, self.traced, self.validator)
+
+    async def _run_handler(self, envelope: Envelope, uow: UnitOfWork, topic: str) -> None:
+        """The per-event handler, in a CONSUMER span when tracing (its emits become its children)."""
+        if uow.traced:
+            with tracing.consume_span(envelope, self.name, topic):
+                await self.consumer.apply_one(envelope, uow)
+        else:
+            await self.consumer.apply_one(envelope, uow)
+
+    async def _apply_batch(self, tx: Transaction, batch: Sequence[Delivery], done: _BatchLog) -> RunnerStats:
         """The fast path; raises :class:`_SlowPathNeeded` (rolling ``tx`` back) on the first failure."""
         counts = RunnerStats()
         decoded: list[tuple[Delivery, Envelope]] = []
+        validator = self.validator
         for delivery in batch:
             if not self.consumer.wants(delivery.message.event_type):
                 counts.filtered += 1
                 continue
             try:
-                decoded.append((delivery, decode(delivery.message)))
-            except MalformedMessage:
+                envelope = decode(delivery.message)
+                if validator is not None:
+                    validator.check_message(delivery.message, envelope)
+            except (MalformedMessage, SchemaViolation):
                 raise _SlowPathNeeded(None, None) from None  # dead-lettered there, counted once
+            decoded.append((delivery, envelope))
         ids = list(dict.fromkeys(envelope.event_id for _, envelope in decoded))
         seen = await self._inbox.seen_many(tx, self.name, ids)
         keys = list(dict.fromkeys(envelope.entity_key for _, envelope in decoded))
@@ -264,6 +402,8 @@ class ConsumerRunner:
         for delivery, envelope in decoded:
             if envelope.event_id in seen:
                 counts.duplicates += 1
+                if self._observing:
+                    done.duplicates.append((delivery, envelope))
             elif envelope.entity_key in blocked:
                 await self._lot.park(
                     tx, self.name, delivery, entity_key=envelope.entity_key, status=Status.BLOCKED
@@ -276,31 +416,51 @@ class ConsumerRunner:
         to_apply = [(d, e) for d, e in fresh if e.event_id in recorded]
         counts.duplicates += len(fresh) - len(to_apply)  # applied by another member meanwhile
         if self.consumer.batch_handler is not None:
-            await self._apply_as_batch(tx, to_apply)
+            await self._apply_as_batch(tx, to_apply, done)
         else:
-            await self._apply_each(tx, to_apply)
+            await self._apply_each(tx, to_apply, done)
+        if self.timeline:
+            for delivery, envelope in to_apply:
+                self._hop(done, delivery, envelope, Outcome.APPLIED)
         counts.applied += len(to_apply)
         return counts
 
-    async def _apply_each(self, tx: Transaction, to_apply: Sequence[tuple[Delivery, Envelope]]) -> None:
+    async def _apply_each(
+        self, tx: Transaction, to_apply: Sequence[tuple[Delivery, Envelope]], done: _BatchLog
+    ) -> None:
+        observing = self._observing
+        clock = time.perf_counter
         for delivery, envelope in to_apply:
-            uow = UnitOfWork(tx, self.name, delivery, self.outbox, (delivery,))
+            uow = self._uow(tx, delivery, (delivery,))
+            started = clock() if observing else 0.0
             try:
-                await self.consumer.apply_one(envelope, uow)
+                await self._run_handler(envelope, uow, delivery.message.topic)
             except Exception as error:
-                raise _SlowPathNeeded(delivery, error) from error
+                raise _SlowPathNeeded(delivery, error, clock() - started if observing else 0.0) from error
+            if observing:
+                done.applied.append((delivery, envelope, clock() - started))
 
-    async def _apply_as_batch(self, tx: Transaction, to_apply: Sequence[tuple[Delivery, Envelope]]) -> None:
-        """One call for the whole batch; a failure does not say which event, so none is skipped."""
+    async def _apply_as_batch(
+        self, tx: Transaction, to_apply: Sequence[tuple[Delivery, Envelope]], done: _BatchLog
+    ) -> None:
+        """One call for the whole batch; a failure does not say which event, so none is skipped.
+
+        No span per event here (one call applies them all); what it emits keeps the trace
+        its cause named (``Envelope.caused`` copies the traceparent).
+        """
         if not to_apply:
             return
         assert self.consumer.batch_handler is not None
         deliveries = [delivery for delivery, _ in to_apply]
-        uow = UnitOfWork(tx, self.name, deliveries[-1], self.outbox, deliveries)
+        uow = self._uow(tx, deliveries[-1], deliveries)
+        started = time.perf_counter()
         try:
             await self.consumer.batch_handler([envelope for _, envelope in to_apply], uow)
         except Exception as error:
             raise _SlowPathNeeded(None, error) from error
+        if self._observing:
+            share = (time.perf_counter() - started) / len(to_apply)  # the call's time, split evenly
+            done.applied.extend((delivery, envelope, share) for delivery, envelope in to_apply)
 
     def _add_counts(self, counts: RunnerStats) -> None:
         self.stats.applied += counts.applied
@@ -309,7 +469,12 @@ class ConsumerRunner:
         self.stats.blocked += counts.blocked
 
     async def _handle(
-        self, tx: Transaction, delivery: Delivery, *, known_failure: BaseException | None = None
+        self,
+        tx: Transaction,
+        delivery: Delivery,
+        done: _BatchLog,
+        *,
+        known_failure: _SlowPathNeeded | None = None,
     ) -> None:
         message = delivery.message
         if not self.consumer.wants(message.event_type):
@@ -318,10 +483,18 @@ class ConsumerRunner:
         try:
             envelope = decode(message)
         except MalformedMessage as malformed:
-            await self._dead_on_arrival(tx, delivery, malformed)
+            await self._dead_on_arrival(tx, delivery, malformed, None, done)
             return
+        if self.validator is not None:
+            try:
+                self.validator.check_message(message, envelope)
+            except SchemaViolation as violation:
+                await self._dead_on_arrival(tx, delivery, violation, envelope, done)
+                return
         if await self._inbox.seen(tx, self.name, envelope.event_id):
             self.stats.duplicates += 1
+            if self._observing:
+                done.duplicates.append((delivery, envelope))
             return
         if await self._lot.blocked(tx, self.name, envelope.entity_key, postgresql=self._postgresql):
             await self._lot.park(
@@ -329,28 +502,58 @@ class ConsumerRunner:
             )
             self.stats.blocked += 1
             return
-        if known_failure is not None:
+        if known_failure is not None and known_failure.error is not None:
             # The fast path already ran this handler, and it failed: do not call it again.
-            await self._park_failure(tx, delivery, envelope, known_failure)
+            error: BaseException | None = known_failure.error
+            seconds = known_failure.seconds
+        else:
+            started = time.perf_counter()
+            error = await self._apply(tx, envelope, delivery)
+            seconds = time.perf_counter() - started
+        if error is None:
+            if self._observing:
+                done.applied.append((delivery, envelope, seconds))
+            if self.timeline:
+                self._hop(done, delivery, envelope, Outcome.APPLIED)
             return
-        error = await self._apply(tx, envelope, delivery)
-        if error is not None:
-            await self._park_failure(tx, delivery, envelope, error)
+        if self._observing:
+            done.failed.append((delivery, envelope, seconds, error))
+        await self._park_failure(tx, delivery, envelope, error, done)
 
-    async def _dead_on_arrival(self, tx: Transaction, delivery: Delivery, error: MalformedMessage) -> None:
+    async def _dead_on_arrival(
+        self,
+        tx: Transaction,
+        delivery: Delivery,
+        error: MalformedMessage | SchemaViolation,
+        envelope: Envelope | None,
+        done: _BatchLog,
+    ) -> None:
+        """Dead-letter a message no handler may see: not decodable, or not valid against its schema.
+
+        A schema violation keeps its entity key, so the entity's later events wait behind it
+        (as behind any permanent failure) instead of being applied out of sequence.
+        """
         self._log.warning(
-            "dead-lettering malformed message at %s/%d@%d: %s",
+            "dead-lettering %s message at %s/%d@%d: %s",
+            "malformed" if envelope is None else "schema-invalid",
             delivery.message.topic,
             delivery.partition,
             delivery.offset,
             error,
         )
         failure = Failure.of(error)
-        await self._lot.park(tx, self.name, delivery, entity_key=None, status=Status.DEAD, failure=failure)
+        entity_key = envelope.entity_key if envelope is not None else None
+        await self._lot.park(
+            tx, self.name, delivery, entity_key=entity_key, status=Status.DEAD, failure=failure
+        )
         self.stats.dead += 1
+        if self._observing:
+            done.dead.append((delivery, failure.error_type))
+        if self.timeline and envelope is not None:
+            self._hop(done, delivery, envelope, Outcome.DEAD)
 
     async def _park_failure(
-        self, tx: Transaction, delivery: Delivery, envelope: Envelope, error: BaseException
+        self, tx: Transaction, delivery: Delivery, envelope: Envelope, error: BaseException, done: _BatchLog
     ) -> None:
         failure = Failure.of(error)
         backoff = self.consumer.retry_backoff
@@ -361,6 +564,10 @@ class ConsumerRunner:
         else:
             status, next_at = Status.DEAD, None
             self.stats.dead += 1
+            if self._observing:
+                done.dead.append((delivery, failure.error_type))
+        if self.timeline:
+            self._hop(done, delivery, envelope, Outcome.PARKED if status is Status.RETRYING else Outcome.DEAD)
         self._log.warning(
             "%s %s (%s) of %s: %s: %s",
             "parking" if status is Status.RETRYING else "dead-lettering",
@@ -385,8 +592,8 @@ class ConsumerRunner:
         await tx.execute("SAVEPOINT strowger_handler")
         try:
             if await self._inbox.record(tx, self.name, envelope.event_id):
-                uow = UnitOfWork(tx, self.name, delivery, self.outbox, (delivery,))
-                await self.consumer.apply_one(envelope, uow)
+                uow = self._uow(tx, delivery, (delivery,))
+                await self._run_handler(envelope, uow, delivery.message.topic)
                 self.stats.applied += 1
             else:
                 self.stats.duplicates += 1
@@ -426,26 +633,47 @@ class ConsumerRunner:
             if head is None:
                 return 0
             self.stats.retried += 1
+            done = _BatchLog()
+            delivery = head.delivery()
             try:
                 envelope = decode(head.message)
-            except MalformedMessage as malformed:
-                await self._failed_again(tx, head, malformed)
+                if self.validator is not None:
+                    self.validator.check_message(head.message, envelope)
+            except (MalformedMessage, SchemaViolation) as invalid:
+                await self._failed_again(tx, head, invalid, delivery, done)
+                await self._close_batch(tx, done)
                 return 1
-            error = await self._apply(tx, envelope, head.delivery())
+            started = time.perf_counter()
+            error = await self._apply(tx, envelope, delivery)
+            seconds = time.perf_counter() - started
             if error is None:
                 await self._lot.resolve(tx, head)
                 self._log.info("applied parked %s after %d failed attempts", head.event_id, head.attempts)
+                if self._observing:
+                    done.applied.append((delivery, envelope, seconds))
+                if self.timeline:
+                    self._hop(done, delivery, envelope, Outcome.APPLIED)
+                await self._close_batch(tx, done)
                 return 1
-            status = await self._failed_again(tx, head, error)
+            if self._observing:
+                done.failed.append((delivery, envelope, seconds, error))
+            status = await self._failed_again(tx, head, error, delivery, done)
+            if self.timeline:
+                self._hop(done, delivery, envelope, Outcome.DEAD if status is Status.DEAD else Outcome.PARKED)
+            await self._close_batch(tx, done)
         return 1 if status is Status.DEAD else 0
 
-    async def _failed_again(self, tx: Transaction, head: ParkedMessage, error: BaseException) -> Status:
+    async def _failed_again(
+        self, tx: Transaction, head: ParkedMessage, error: BaseException, delivery: Delivery, done: _BatchLog
+    ) -> Status:
         failure = Failure.of(error)
         status = await self._lot.failed_again(
             tx, head, failure, self.consumer.retry_backoff, permanent=not is_transient(error)
         )
         if status is Status.DEAD:
             self.stats.dead += 1
+            if self._observing:
+                done.dead.append((delivery, failure.error_type))
             self._log.error(
                 "dead-lettering %s (%s) after %d attempts: %s: %s",
                 head.event_id,

@@ -159,7 +159,7 @@ COMPONENTS: tuple[Component, ...] = (
         "operations",
         "Dead letters, schema registry, AsyncAPI, order trace timeline, alerts",
         http_apis=("/dlq", "/schema-registry", "/asyncapi.json", "/trace", "/dashboard"),
-        tasks=("alert-monitor",),
+        tasks=("alert-monitor", "reconciliation"),
         schema="operations",
         role="strowger_operations",
     ),

@@ -97,6 +97,25 @@ class Metrics:
             registry=r,
         )
 
+        self.dead_lettered = Counter(
+            "strowger_dead_lettered",
+            "Deliveries a consumer gave up on (dead-lettered), by error type",
+            ["consumer", "error_type"],
+            registry=r,
+        )
+        self.schema_violations = Counter(
+            "strowger_schema_violations",
+            "Events a consumer received that failed schema validation (sent to its validation DLQ)",
+            ["consumer", "event_type"],
+            registry=r,
+        )
+        self.schema_violations_produced = Counter(
+            "strowger_schema_violations_produced",
+            "Events a producer tried to emit that failed schema validation (refused, not written)",
+            ["producer", "event_type"],
+            registry=r,
+        )
+
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format."""
         return generate_latest(self.registry)

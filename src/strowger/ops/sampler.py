@@ -47,6 +47,7 @@ class PlatformSampler:
         lag_window: timedelta = timedelta(minutes=5),
         compensation_window: timedelta = timedelta(minutes=15),
         sagas: bool = False,
+        schema_violation_window: timedelta = timedelta(minutes=15),
     ) -> None:
         self.database = database
         self.bus = bus
@@ -55,6 +56,7 @@ class PlatformSampler:
         self.lag_window = lag_window
         self.compensation_window = compensation_window
         self.sagas = sagas
+        self.schema_violation_window = schema_violation_window
         self.lag_history = LagHistory(keep=lag_window * 2)
 
     async def sample(self) -> AlertInputs:
@@ -62,6 +64,7 @@ class PlatformSampler:
         async with self.database.snapshot() as tx:
             oldest_age = await self._outbox(tx, now)
             dead = await self._dead_letters(tx)
+            violations = await self._schema_violations(tx, now)
             sagas, stuck, compensations = await self._sagas(tx, now) if self.sagas else ((), {}, ())
         await self._lag(now)
         return AlertInputs(
@@ -71,6 +74,7 @@ class PlatformSampler:
             dead_letters=dead,
             lag=self.lag_history.series(),
             outbox_oldest_age_seconds=oldest_age,
+            schema_violations=violations,
         )
 
     async def _outbox(self, tx: Transaction, now: datetime) -> float | None:
@@ -91,6 +95,17 @@ class PlatformSampler:
         for depth in depths:
             self.metrics.dead_letters.labels(depth.consumer, depth.error_type).set(depth.depth)
         return depths
+
+    async def _schema_violations(self, tx: Transaction, now: datetime) -> dict[str, int]:
+        """Per consumer, events dead-lettered for a schema violation within the window (the
+        validation dead-letter queue, read from the database so every process's count is in it)."""
+        since = now.timestamp() - self.schema_violation_window.total_seconds()
+        rows = await tx.fetchall(
+            "SELECT consumer, COUNT(*) FROM parked WHERE status = 'dead' AND error_type = 'SchemaViolation' "
+            "AND last_failed_at >= ? GROUP BY consumer",
+            (since,),
+        )
+        return {str(row[0]): int(row[1]) for row in rows}
 
     async def _lag(self, now: datetime) -> None:
         for runner in self.runners:

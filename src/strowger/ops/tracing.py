@@ -45,6 +45,7 @@ TRACEPARENT = "traceparent"
 
 _propagator = TraceContextTextMapPropagator()
 _provider: TracerProvider | None = None
+_exporting = False  # whether the provider has somewhere to send spans (see exporting())
 
 
 class TracingSettings(BaseSettings):
@@ -75,7 +76,7 @@ def configure_tracing(
     ``exporter`` (e.g. an in-memory exporter in tests) is used as given, synchronously;
     otherwise the OTLP/HTTP exporter is used if ``otlp_endpoint`` is set.
     """
-    global _provider
+    global _provider, _exporting
     settings = settings or TracingSettings()
     resource = Resource.create(
         {
@@ -94,6 +95,7 @@ def configure_tracing(
     if _provider is not None:
         _provider.shutdown()
     _provider = provider
+    _exporting = processor is not None
     return provider
 
 
@@ -111,10 +113,20 @@ def _processor(settings: TracingSettings, exporter: SpanExporter | None) -> Span
 
 def shutdown_tracing() -> None:
     """Flush and close the exporter (at process exit)."""
-    global _provider
+    global _provider, _exporting
     if _provider is not None:
         _provider.shutdown()
         _provider = None
+    _exporting = False
+
+
+def exporting() -> bool:
+    """Whether spans are exported (an OTLP endpoint or a test exporter is configured).
+
+    Without an exporter a span is dropped when it ends, yet still costs its creation (a
+    hundred microseconds or more): hot paths (the consumer runtime) skip optional spans then.
+    """
+    return _exporting
 
 
 def tracer() -> trace.Tracer:

@@ -35,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from strowger.bus.embedded import EmbeddedBus
+from strowger.bus.observe import NULL_OBSERVER, PipelineObserver, is_null
 from strowger.bus.partitioning import partition_for
 from strowger.bus.port import Bus
 from strowger.events.envelope import Message
@@ -119,6 +120,7 @@ class OutboxRelay:
     ``poll_interval`` seconds as a fallback (rows written by other processes).
     Published rows older than ``retention`` are purged every ``purge_interval``.
     On PostgreSQL, ``concurrency`` partitions are relayed at once (one pooled connection each).
+    ``observer`` is told of each batch once it is published and marked (after commit).
     """
 
     def __init__(
@@ -133,6 +135,7 @@ class OutboxRelay:
         purge_interval: float = 600.0,
         error_pause: float = 1.0,
         concurrency: int = 4,
+        observer: PipelineObserver = NULL_OBSERVER,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -145,6 +148,8 @@ class OutboxRelay:
         self.purge_interval = purge_interval
         self.error_pause = error_pause
         self.concurrency = concurrency
+        self.observer = observer
+        self._observing = not is_null(observer)
         self._same_database = isinstance(bus, EmbeddedBus) and bus.database is database
 
     async def run(self) -> None:
@@ -211,7 +216,15 @@ class OutboxRelay:
             await _mark_published(
                 tx, [int(row[0]) for row in rows], postgresql=self.database.kind == "postgresql"
             )
+        if self._observing:
+            self._report(messages)
         return len(rows)
+
+    def _report(self, messages: list[Message]) -> None:
+        try:
+            self.observer.published(messages)
+        except Exception:  # an observer must never stop the relay (the batch has committed)
+            log.exception("pipeline observer failed")
 
 
 async def _claim(tx: Transaction, partition: int) -> bool:

@@ -124,6 +124,10 @@ def as_api_error(exc: Exception) -> ApiError:
         return Conflict(f"{exc}; read the resource again and retry", code="staleVersion")
     if isinstance(exc, InvalidStateTransition):
         return Conflict(str(exc), code="invalidStateTransition")
+    if isinstance(exc, SchemaViolation):
+        # The resource this request would publish breaks its TMF event schema: a field the
+        # specification requires is missing or malformed in the request (the message names it).
+        return BadRequest(str(exc), code="invalidBodyField")
     log.exception("unexpected error while serving a TMF request", exc_info=exc)
     return ApiError("The server failed to process the request; it has been logged.")
 

@@ -1,0 +1,1 @@
+"""Reconciliation: inventories, sagas and resource pools compared; drift reported, safe cases repaired."""

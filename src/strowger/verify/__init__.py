@@ -1,0 +1,1 @@
+"""Verification of the running platform: the saga fault matrix (``strowger verify sagas``)."""
