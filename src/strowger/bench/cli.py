@@ -113,3 +113,23 @@ def bench_hub(
 
 def run_async(coroutine: Any) -> Any:
     return asyncio.run(coroutine)
+
+
+@bench_app.command("e2e")
+def bench_e2e(
+    backend: Annotated[str, typer.Option(help="embedded or postgres+kafka (in process, real HTTP)")] = (
+        "embedded"
+    ),
+    orders: Annotated[int, typer.Option(min=10, help="orders for the maximum-rate figure")] = 1000,
+    as_json: Annotated[bool, typer.Option("--json", help="print every figure as one JSON line last")] = False,
+) -> None:
+    """Product orders through the whole fulfilment chain: orders/s, completion p50/p99, raw db tx/s."""
+    from strowger.demo import BACKENDS as E2E_BACKENDS
+
+    if backend not in E2E_BACKENDS:
+        raise typer.BadParameter(f"expected one of {', '.join(E2E_BACKENDS)}", param_hint="--backend")
+    from strowger.bench.e2e import render_table as render_e2e_table
+    from strowger.bench.e2e import run_e2e_bench
+
+    result = run_with_progress(lambda progress: run_e2e_bench(backend, orders, progress))
+    report(result, render_e2e_table(result), as_json)
