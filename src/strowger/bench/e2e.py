@@ -31,6 +31,7 @@ from rich.table import Table
 from strowger.bootstrap import Platform
 from strowger.demo import BACKENDS
 from strowger.demo.drive import DemoDriver, DemoResult, LocalProbe, outcome_counts, percentile
+from strowger.demo.drive import Progress as DriverProgress
 from strowger.demo.harness import local_platform
 from strowger.demo.orders import BENCH_MIX
 from strowger.store.db import Database, TableSet
@@ -133,10 +134,9 @@ async def _warm_up(client: httpx.AsyncClient, probe: LocalProbe, orders: int, pr
 
 
 async def _maximum(client: httpx.AsyncClient, probe: LocalProbe, orders: int, progress: Progress) -> Phase:
-    def report(submitted: int, settled: int, total: int) -> None:
-        progress(f"maximum rate: {settled}/{total} done", round(0.05 + 0.55 * settled / max(total, 1), 4))
-
-    result = await _driver(client, probe, concurrency=CONCURRENCY).run(orders, 0.0, report)
+    result = await _driver(client, probe, concurrency=CONCURRENCY).run(
+        orders, 0.0, _phase_progress(progress, "maximum rate", 0.05, 0.6)
+    )
     return Phase(result, result.total_seconds)
 
 
@@ -147,13 +147,20 @@ async def _paced(
     count = max(10, int(rate * seconds))
     driver = _driver(client, probe, concurrency=CONCURRENCY, pace=rate)
 
-    def report(submitted: int, settled: int, total: int) -> None:
-        progress(
-            f"paced at {rate:,.0f}/s: {settled}/{total} done", round(0.6 + 0.3 * settled / max(total, 1), 4)
-        )
-
-    result = await driver.run(count, 0.0, report)
+    result = await driver.run(count, 0.0, _phase_progress(progress, f"paced at {rate:,.1f}/s", 0.6, 0.9))
     return Phase(result, result.total_seconds, offered_rate=rate)
+
+
+def _phase_progress(progress: Progress, name: str, start: float, end: float) -> DriverProgress:
+    """The driver's (submitted, settled, total) as one bar from ``start`` to ``end``, never going back."""
+    most = 0
+
+    def report(submitted: int, settled: int, total: int) -> None:
+        nonlocal most
+        most = max(most, settled)  # submission reports come with settled=0
+        progress(f"{name}: {most}/{total} done", round(start + (end - start) * most / max(total, 1), 4))
+
+    return report
 
 
 def _driver(

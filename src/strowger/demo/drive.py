@@ -177,7 +177,7 @@ class DemoDriver:
         try:
             submitting = asyncio.create_task(self._submit_all(result, orders, report, started))
             try:
-                await self._wait_settled(result, report, submitting)
+                await self._wait_settled(result, report, submitting, orders)
             finally:
                 submitting.cancel()
             result.total_seconds = time.perf_counter() - started
@@ -226,7 +226,7 @@ class DemoDriver:
     # -- waiting ---------------------------------------------------------------------------------
 
     async def _wait_settled(
-        self, result: DemoResult, report: Progress, submitting: asyncio.Task[None]
+        self, result: DemoResult, report: Progress, submitting: asyncio.Task[None], total: int
     ) -> None:
         """Until every order is submitted, then terminal or held by a quarantined saga (or the timeout)."""
         deadline = time.monotonic() + self.timeout
@@ -243,7 +243,7 @@ class DemoDriver:
                 await asyncio.sleep(POLL_INTERVAL)
                 continue
             settled = len(submitted) - len(open_orders) + min(result.quarantined, len(open_orders))
-            report(len(submitted), settled, len(result.orders))
+            report(len(submitted), settled, total)
             if (finished_submitting and settled >= len(submitted)) or time.monotonic() > deadline:
                 break
             await asyncio.sleep(POLL_INTERVAL)
