@@ -117,6 +117,7 @@ class Platform:
             observer=self.observer,
             validator=self.validator,
             timeline=True,
+            create_tables=False,  # start() creates every table before any task runs
         )
         self.runners.append(runner)
         self.add_task(f"consumer:{consumer.name}", runner.run)

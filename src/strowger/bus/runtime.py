@@ -233,6 +233,7 @@ class ConsumerRunner:
         validator: SchemaValidator | None = None,
         tracing: bool | None = None,
         timeline: bool = False,
+        create_tables: bool = True,
     ) -> None:
         self.consumer = consumer
         self.bus = bus
@@ -251,6 +252,9 @@ class ConsumerRunner:
         self.validator = validator
         self.tracing = tracing  # None: while spans are exported
         self.timeline = timeline
+        # A platform creates every table before its tasks start; DDL racing live consumers'
+        # inserts can deadlock on PostgreSQL, so runners it owns skip it.
+        self.create_tables = create_tables
         self._observing = not is_null(observer)
         self._recorder = TraceRecorder()
 
@@ -264,8 +268,9 @@ class ConsumerRunner:
 
     async def run(self) -> None:
         """Consume and retry until cancelled; leaves the group (uncommitted work is redelivered) on exit."""
-        tables = (INBOX_TABLES, OUTBOX_TABLES, PARKED_TABLES) + ((TRACE_TABLES,) if self.timeline else ())
-        await self.database.create_tables(*tables)
+        if self.create_tables:
+            tables = (INBOX_TABLES, OUTBOX_TABLES, PARKED_TABLES) + ((TRACE_TABLES,) if self.timeline else ())
+            await self.database.create_tables(*tables)
         subscriber = self.bus.subscriber(self.name, self.consumer.topics)
         await subscriber.start()
         self._subscriber = subscriber
