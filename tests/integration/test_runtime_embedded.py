@@ -148,7 +148,10 @@ async def test_a_partition_claimed_by_one_relay_is_skipped_by_another(
         await outbox.add(tx, [encode(event("order-c", n), topic) for n in range(3)])
     partition = partition_for("order-c", outbox.partitions)
     async with postgres_db.transaction() as claim:
-        await claim.fetchone("SELECT pg_advisory_xact_lock(?, ?)", (ADVISORY_LOCK_CLASS, partition))
+        await claim.fetchone(  # the relay's key: its class and this schema, then the partition
+            "SELECT pg_advisory_xact_lock(hashtext(? || current_schema()), ?)",
+            (f"{ADVISORY_LOCK_CLASS}:", partition),
+        )
         assert await OutboxRelay(postgres_db, external_bus, outbox).relay_once() == 0
     assert await OutboxRelay(postgres_db, external_bus, outbox).relay_once() == 3
 

@@ -228,8 +228,14 @@ class OutboxRelay:
 
 
 async def _claim(tx: Transaction, partition: int) -> bool:
-    """Hold the partition's advisory lock until ``tx`` ends (PostgreSQL)."""
-    row = await tx.fetchone("SELECT pg_try_advisory_xact_lock(?, ?)", (ADVISORY_LOCK_CLASS, partition))
+    """Hold the partition's advisory lock until ``tx`` ends (PostgreSQL).
+
+    Advisory locks are server-wide: the key includes the schema, so platforms in other schemas
+    of the same server (tenants, test runs, a cluster beside a demo) never contend for them."""
+    row = await tx.fetchone(
+        "SELECT pg_try_advisory_xact_lock(hashtext(? || current_schema()), ?)",
+        (f"{ADVISORY_LOCK_CLASS}:", partition),
+    )
     return bool(row and row[0])
 
 

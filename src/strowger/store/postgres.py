@@ -7,6 +7,7 @@ them into psycopg's ``%s`` once per statement text and caches the result.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -68,12 +69,15 @@ class PostgresDatabase(Database):
 
     async def create_tables(self, *table_sets: TableSet) -> None:
         """As the base class, one process at a time: concurrent DDL on one schema can deadlock
-        (processes of a cluster start together and each creates every table)."""
+        (processes of a cluster start together and each creates every table). A table or index
+        that exists already is not touched: even ``CREATE INDEX IF NOT EXISTS`` takes a lock on
+        its table, which deadlocks with the inserts of consumers already running."""
         async with self.transaction() as tx:
             await tx.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"strowger-ddl:{self.schema}",))
             for table_set in table_sets:
                 for statement in table_set.ddl(self.kind):
-                    await tx.execute(statement)
+                    if not await _exists(tx, statement):
+                        await tx.execute(statement)
 
     async def open(self) -> None:
         if self._pool is not None:
@@ -132,6 +136,20 @@ class PostgresDatabase(Database):
                 yield PostgresTransaction(connection)
         except psycopg.OperationalError as exc:
             raise ServiceUnavailable(f"PostgreSQL: {exc}") from exc
+
+
+_CREATES = re.compile(
+    r"^\s*CREATE\s+(?:UNIQUE\s+)?(?:TABLE|INDEX)\s+IF\s+NOT\s+EXISTS\s+(\w+)", re.IGNORECASE
+)
+
+
+async def _exists(tx: Transaction, statement: str) -> bool:
+    """Whether ``statement`` creates a table or index (IF NOT EXISTS) that is already there."""
+    match = _CREATES.match(statement)
+    if match is None:
+        return False
+    row = await tx.fetchone("SELECT to_regclass(?) IS NOT NULL", (match.group(1),))
+    return bool(row and row[0])
 
 
 def _redact(url: str) -> str:
