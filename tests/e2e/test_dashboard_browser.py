@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from playwright.async_api import async_playwright  # a dev dependency: missing, the test fails
 
 from strowger.app import create_app
 from strowger.bootstrap import Platform, bootstrap
@@ -33,7 +34,6 @@ from strowger.settings import Settings
 
 pytestmark = pytest.mark.e2e
 
-playwright_api = pytest.importorskip("playwright.async_api")  # a dev dependency; CI installs it
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -154,7 +154,7 @@ async def applied_after_replay(http: httpx.AsyncClient, letter_id: int) -> bool:
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
-    async with playwright_api.async_playwright() as playwright:
+    async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             yield browser
