@@ -39,6 +39,7 @@ from strowger.tmf.hubs import CallbackGuard, HubStore, subscription_from_body, s
 from strowger.tmf.patch import PATCH_MEDIA_TYPES, apply_patch
 from strowger.tmf.query import Page, parse_fields, parse_query, select_fields
 from strowger.tmf.router import hub_docs, listener_docs, read_json
+from strowger.tmf.tasks import cancelled_order, unknown_order
 
 API_NAME = "productOrderingManagement"
 API_TITLE = "TMF622 Product Ordering Management"
@@ -178,20 +179,11 @@ def _cancel_routes(router: APIRouter, service: OrderingService) -> None:
     )
     async def create_cancel(request: Request) -> Response:
         body = _object((await read_json(request, MAX_BODY_BYTES))[0])
-        reference = body.get("productOrder")
-        if not isinstance(reference, Mapping) or not reference.get("id"):
-            raise BadRequest("productOrder.id is required", field="productOrder.id", code="missingBodyField")
-        for name in ("id", "href", "state", "effectiveCancellationDate"):
-            if name in body:
-                raise BadRequest(f"{name} is set by the server", field=name, code="readOnlyField")
+        reference = cancelled_order(body, "productOrder")
         try:
             task = await service.request_cancellation(body)
         except NotFound:
-            raise BadRequest(
-                f"productOrder {reference['id']!r} does not exist",
-                field="productOrder.id",
-                code="invalidBodyField",
-            ) from None
+            raise unknown_order("productOrder", reference) from None
         return JsonResponse(task, status_code=201, headers={"Location": str(task["href"])})
 
     @router.get(

@@ -28,6 +28,7 @@ from strowger.tmf.errors import BadRequest, JsonResponse, TmfRoute
 from strowger.tmf.hubs import CallbackGuard, HubStore
 from strowger.tmf.query import Page, parse_fields, parse_query, select_fields
 from strowger.tmf.router import read_json
+from strowger.tmf.tasks import cancelled_order, unknown_order
 
 API_NAME = "serviceOrdering"
 MAX_BODY_BYTES = 1 << 20
@@ -72,22 +73,11 @@ def _cancel_routes(router: APIRouter, som: ServiceOrdering) -> None:
     @router.post("/cancelServiceOrder", tags=[tag], summary="Create a CancelServiceOrder", status_code=201)
     async def create_cancel(request: Request) -> Response:
         body, _ = await read_json(request, MAX_BODY_BYTES)
-        if not isinstance(body, Mapping):
-            raise BadRequest("the body must be a JSON object", code="invalidBody")
-        reference = body.get("serviceOrder")
-        if not isinstance(reference, Mapping) or not reference.get("id"):
-            raise BadRequest("serviceOrder.id is required", field="serviceOrder.id", code="missingBodyField")
-        for name in ("id", "href", "state", "effectiveCancellationDate"):
-            if name in body:
-                raise BadRequest(f"{name} is set by the server", field=name, code="readOnlyField")
+        reference = cancelled_order(body, "serviceOrder")
         try:
             task = await som.cancel(body)
         except NotFound:
-            raise BadRequest(
-                f"serviceOrder {reference['id']!r} does not exist",
-                field="serviceOrder.id",
-                code="invalidBodyField",
-            ) from None
+            raise unknown_order("serviceOrder", reference) from None
         return JsonResponse(task, status_code=201, headers={"Location": str(task["href"])})
 
     @router.get("/cancelServiceOrder", tags=[tag], summary="List or find CancelServiceOrder objects")
