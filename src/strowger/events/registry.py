@@ -26,6 +26,7 @@ from jsonschema.validators import validator_for
 from strowger.errors import NotFound, PermanentError, SchemaViolation
 from strowger.events.compatibility import Compatibility, Incompatibility
 from strowger.events.compatibility import check as check_compatibility
+from strowger.events.fastcheck import quick_check
 from strowger.store.db import Database, TableSet, Transaction
 
 DEFAULT_COMPATIBILITY = Compatibility.BACKWARD
@@ -152,10 +153,14 @@ class EventValidator:
     def __init__(self, subject: str, version: int, schema: Mapping[str, Any]) -> None:
         self.subject = subject
         self.version = version
-        self._validator: Validator = _validator_class(schema)(schema)
+        validator_class = _validator_class(schema)
+        self._validator: Validator = validator_class(schema)
+        self._certainly_valid = quick_check(schema, validator_class)
 
     def validate(self, body: Any) -> None:
         """None if ``body`` (a TMF notification body) matches, else SchemaViolation naming each path."""
+        if self._certainly_valid(body):
+            return
         errors = sorted(self._validator.iter_errors(body), key=lambda error: list(error.absolute_path))
         if not errors:
             return
@@ -165,7 +170,7 @@ class EventValidator:
         raise SchemaViolation(f"{self.subject} version {self.version}: {shown}{suffix}")
 
     def is_valid(self, body: Any) -> bool:
-        return bool(self._validator.is_valid(body))
+        return self._certainly_valid(body) or bool(self._validator.is_valid(body))
 
 
 class SchemaRegistry:

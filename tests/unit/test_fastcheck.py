@@ -1,0 +1,75 @@
+"""The Rust first pass must never call valid what jsonschema calls invalid (events/fastcheck.py)."""
+
+from __future__ import annotations
+
+import json
+from importlib.resources import files
+from typing import Any
+
+import pytest
+from jsonschema import Draft4Validator, Draft7Validator
+
+from strowger.demo.orders import OrderGenerator
+from strowger.events.fastcheck import quick_check
+from strowger.tmf.errors import BadRequest
+from strowger.tmf.resources import schema_validator
+
+TMF622 = "specs/v4/TMF622-ProductOrdering-v4.0.0.swagger.json"
+
+
+def tmf622_definitions() -> dict[str, Any]:
+    text = files("strowger.tmf").joinpath(TMF622).read_text(encoding="utf-8")
+    definitions: dict[str, Any] = json.loads(text)["definitions"]
+    return definitions
+
+
+def order_create_schema() -> dict[str, Any]:
+    return {"$ref": "#/definitions/ProductOrder_Create", "definitions": tmf622_definitions()}
+
+
+def documents() -> list[Any]:
+    """Valid orders and, for each, mutations that break a type, an enum, a required field or a nested $ref."""
+    valid = OrderGenerator(seed=7).order()
+    wrong_type = {**valid, "category": 12}
+    wrong_enum = {**valid, "productOrderItem": [{**valid["productOrderItem"][0], "action": "explode"}]}
+    missing_required = {key: value for key, value in valid.items() if key != "productOrderItem"}
+    nested_wrong = {**valid, "relatedParty": [{"id": 5, "role": "Customer", "@referredType": "Individual"}]}
+    not_an_object: Any = ["productOrder"]
+    return [valid, wrong_type, wrong_enum, missing_required, nested_wrong, not_an_object, {}]
+
+
+@pytest.mark.parametrize("index", range(len(documents())))
+def test_the_rust_check_agrees_with_jsonschema_on_tmf622_orders(index: int) -> None:
+    schema = order_create_schema()
+    document = documents()[index]
+    assert quick_check(schema, Draft4Validator)(document) == Draft4Validator(schema).is_valid(document)
+
+
+def test_a_valid_order_is_certainly_valid_so_jsonschema_is_not_needed() -> None:
+    assert quick_check(order_create_schema(), Draft4Validator)(OrderGenerator(seed=1).order()) is True
+
+
+def test_formats_are_not_asserted_as_jsonschema_does_without_a_format_checker() -> None:
+    schema = {"type": "object", "properties": {"at": {"type": "string", "format": "date-time"}}}
+    document = {"at": "yesterday-ish"}
+    assert Draft7Validator(schema).is_valid(document)
+    assert quick_check(schema, Draft7Validator)(document) is True
+
+
+def test_a_value_that_is_not_json_is_left_to_jsonschema() -> None:
+    check = quick_check({"type": "object", "properties": {"at": {"type": "string"}}}, Draft7Validator)
+    assert check({"at": object()}) is False
+
+
+def test_a_schema_rust_cannot_compile_defers_every_document() -> None:
+    check = quick_check({"type": 12}, Draft7Validator)
+    assert check({}) is False
+    assert check(1) is False
+
+
+def test_an_invalid_document_still_gets_the_detailed_error_naming_the_field() -> None:
+    validate = schema_validator(tmf622_definitions(), "ProductOrder_Create")
+    order = OrderGenerator(seed=3).order()
+    validate(order)
+    with pytest.raises(BadRequest, match="productOrderItem is required"):
+        validate({key: value for key, value in order.items() if key != "productOrderItem"})
