@@ -10,7 +10,8 @@ import pytest
 from jsonschema import Draft4Validator, Draft7Validator
 
 from strowger.demo.orders import OrderGenerator
-from strowger.events.fastcheck import quick_check
+from strowger.events.fastcheck import certainly_valid_schema, quick_check
+from strowger.events.registry import InvalidSchema, parse_schema
 from strowger.tmf.errors import BadRequest
 from strowger.tmf.resources import schema_validator
 
@@ -73,3 +74,15 @@ def test_an_invalid_document_still_gets_the_detailed_error_naming_the_field() ->
     validate(order)
     with pytest.raises(BadRequest, match="productOrderItem is required"):
         validate({key: value for key, value in order.items() if key != "productOrderItem"})
+
+
+def test_a_schema_declaring_its_draft_is_checked_against_that_meta_schema() -> None:
+    draft7 = "http://json-schema.org/draft-07/schema#"
+    assert certainly_valid_schema({"$schema": draft7, "type": "object"})
+    assert not certainly_valid_schema({"$schema": draft7, "type": 12})
+    assert not certainly_valid_schema({"type": "object"}), "no declared draft: jsonschema decides"
+
+
+def test_the_registry_still_refuses_an_invalid_schema_with_its_path() -> None:
+    with pytest.raises(InvalidSchema, match="Invalid schema at"):
+        parse_schema({"$schema": "http://json-schema.org/draft-07/schema#", "type": 12})

@@ -26,7 +26,7 @@ from jsonschema.validators import validator_for
 from strowger.errors import NotFound, PermanentError, SchemaViolation
 from strowger.events.compatibility import Compatibility, Incompatibility
 from strowger.events.compatibility import check as check_compatibility
-from strowger.events.fastcheck import quick_check
+from strowger.events.fastcheck import certainly_valid_schema, quick_check
 from strowger.store.db import Database, TableSet, Transaction
 
 DEFAULT_COMPATIBILITY = Compatibility.BACKWARD
@@ -439,6 +439,8 @@ def parse_schema(schema: Any) -> dict[str, Any]:
     if not isinstance(schema, Mapping):
         raise InvalidSchema("Invalid schema: a JSON Schema must be a JSON object")
     parsed = dict(schema)
+    if certainly_valid_schema(parsed):
+        return parsed
     try:
         _validator_class(parsed).check_schema(parsed)
     except SchemaError as exc:
