@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -49,6 +49,18 @@ def bus_kind(url: str) -> BusKind:
     if parts.scheme in ("amqp", "amqps") and parts.hostname:
         return "rabbitmq"
     raise ConfigError("STROWGER_BUS_URL", _BUS_FORM, url)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``: safe for error messages and logs."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # an unparsable URL: show nothing of its credentials
+        return url.rpartition("@")[2] if "@" in url else url
+    if not password:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{password}@", ":***@", 1)))
 
 
 def sqlite_path(url: str) -> Path:

@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
@@ -51,7 +52,7 @@ from strowger.bus.port import Bus, Delivery, LagSample, ReplayPoint, Subscriber
 from strowger.errors import ConfigError, PermanentError, ServiceUnavailable, StrowgerError
 from strowger.events.envelope import Message
 from strowger.events.topics import Topic
-from strowger.settings import BusKind
+from strowger.settings import BusKind, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +116,45 @@ def _from_exception(exc: KafkaException, doing: str) -> StrowgerError:
     return ServiceUnavailable(f"Kafka: {doing} failed: {exc}")
 
 
+_KAFKA_URL_FORM = "kafka://[USER:PASSWORD@]HOST:PORT[,HOST:PORT][?librdkafka.setting=value&…]"
+
+
 def bootstrap_servers(url: str) -> str:
-    """``host:port[,host:port]`` from ``kafka://host:port[,host:port]``."""
+    """``host:port[,host:port]`` from ``kafka://[user:password@]host:port[,host:port][?…]``."""
     scheme, _, rest = url.partition("://")
-    servers = rest.split("/", 1)[0].split("?", 1)[0]
+    servers = rest.split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
     if scheme != "kafka" or not servers:
-        raise ConfigError("STROWGER_BUS_URL", "kafka://HOST:PORT[,HOST:PORT]", url)
+        raise ConfigError("STROWGER_BUS_URL", _KAFKA_URL_FORM, redact_url(url))
     return servers
+
+
+def client_config(url: str) -> dict[str, object]:
+    """The librdkafka settings a bus URL carries: servers, credentials, TLS.
+
+    Query parameters are librdkafka settings passed through as written
+    (``security.protocol=SASL_SSL&sasl.mechanism=SCRAM-SHA-512&ssl.ca.location=/etc/kafka/ca.pem``),
+    so TLS and SASL need no setting of their own. A user and password in the URL become
+    ``sasl.username``/``sasl.password`` and, unless the query says otherwise, SASL over TLS
+    with SCRAM-SHA-512: credentials are never sent in clear by default.
+    """
+    config: dict[str, object] = {"bootstrap.servers": bootstrap_servers(url)}
+    parts = urlsplit(url)
+    if parts.username is not None:
+        config |= {
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": "SCRAM-SHA-512",
+            "sasl.username": unquote(parts.username),
+            "sasl.password": unquote(parts.password or ""),
+        }
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if not key or ("." not in key and key not in _PLAIN_KEYS):
+            raise ConfigError("STROWGER_BUS_URL", _KAFKA_URL_FORM, redact_url(url))
+        config[key] = value
+    return config
+
+
+# librdkafka settings without a dot in their name that a URL may carry.
+_PLAIN_KEYS = frozenset({"acks", "debug"})
 
 
 def _new_executor(name: str) -> ThreadPoolExecutor:
@@ -459,7 +492,7 @@ class KafkaBus(Bus):
         client_id: str = "strowger",
         config: Mapping[str, object] | None = None,
     ) -> None:
-        common: dict[str, object] = {"bootstrap.servers": bootstrap_servers(url), "client.id": client_id}
+        common: dict[str, object] = {**client_config(url), "client.id": client_id}
         common.update(config or {})
         self._common = common
         self.publish_timeout = publish_timeout

@@ -47,7 +47,7 @@ from strowger.bus.port import Bus, Delivery, LagSample, ReplayPoint, Subscriber
 from strowger.errors import PermanentError, ServiceUnavailable
 from strowger.events.envelope import Message
 from strowger.events.topics import Topic, topic_named
-from strowger.settings import BusKind
+from strowger.settings import BusKind, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,9 @@ class RabbitBus(Bus):
             )
         except BROKER_ERRORS as exc:
             await self.stop()
-            raise ServiceUnavailable(f"cannot connect to RabbitMQ at {self.url}: {exc!r}") from exc
+            raise ServiceUnavailable(
+                f"cannot connect to RabbitMQ at {redact_url(self.url)}: {exc!r}"
+            ) from exc
 
     async def stop(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
@@ -435,7 +437,9 @@ class RabbitSubscriber(Subscriber):
         try:
             connection = await aio_pika.connect(self._bus.url)
         except BROKER_ERRORS as exc:
-            raise ServiceUnavailable(f"cannot connect to RabbitMQ at {self._bus.url}: {exc!r}") from exc
+            raise ServiceUnavailable(
+                f"cannot connect to RabbitMQ at {redact_url(self._bus.url)}: {exc!r}"
+            ) from exc
         try:
             session = _Session(
                 connection=connection,
