@@ -167,8 +167,8 @@ class Platform:
         log.info("platform stopped")
 
 
-def bootstrap(settings: Settings) -> Platform:
-    """Build (not start) the platform the settings describe."""
+def empty_platform(settings: Settings) -> Platform:
+    """A platform with the settings' database and bus (schema, namespace) and nothing wired yet."""
     database_options: dict[str, Any] = {}
     if settings.database == "postgresql" and settings.database_schema:
         database_options["schema"] = settings.database_schema
@@ -179,7 +179,12 @@ def bootstrap(settings: Settings) -> Platform:
         from strowger.bus.namespace import NamespacedBus
 
         bus = NamespacedBus(bus, settings.bus_namespace)
-    platform = Platform(settings=settings, database=database, bus=bus)
+    return Platform(settings=settings, database=database, bus=bus)
+
+
+def bootstrap(settings: Settings) -> Platform:
+    """Build (not start) the platform the settings describe."""
+    platform = empty_platform(settings)
     _backbone(platform)
     _tmf_apis(platform)
     _ordering(platform)
@@ -296,7 +301,19 @@ def _tmf_apis(platform: Platform) -> None:
             CUSTOMER_BILL_API,
             RESOURCE_ORDERING_API,
         ],
+        extra_routes=[_product_ordering_hub_route()],
     )
+
+
+def _product_ordering_hub_route() -> Any:
+    """TMF622 ``/hub`` subscribers receive the event-sourced orders' notifications (not a toolkit API)."""
+    from strowger.components.ordering.api import API_NAME
+    from strowger.components.ordering.notifications import TOPIC
+    from strowger.tmf.delivery import HubRoute
+
+    kinds = ("ProductOrder", "CancelProductOrder")
+    changes = ("CreateEvent", "AttributeValueChangeEvent", "StateChangeEvent", "DeleteEvent")
+    return HubRoute(API_NAME, TOPIC, frozenset(kind + change for kind in kinds for change in changes))
 
 
 def _ordering(platform: Platform) -> None:

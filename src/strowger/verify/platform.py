@@ -10,16 +10,13 @@ same order, so what is verified is what ``strowger run`` runs.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 from strowger import bootstrap as root
 from strowger.bootstrap import Platform
-from strowger.bus import open_bus
 from strowger.components.faults import CommandFaults
 from strowger.components.service_ordering.saga import FulfilmentTimings
 from strowger.saga import RetryPolicy
 from strowger.settings import Settings
-from strowger.store.db import open_database
 
 
 def verification_timings(timeout: float = 2.0, attempts: int = 2) -> FulfilmentTimings:
@@ -34,17 +31,7 @@ def verification_timings(timeout: float = 2.0, attempts: int = 2) -> FulfilmentT
 
 def verification_platform(settings: Settings, timings: FulfilmentTimings, faults: CommandFaults) -> Platform:
     """The platform ``bootstrap(settings)`` builds, SOM on ``timings``, executors behind ``faults``."""
-    database_options: dict[str, Any] = {}
-    if settings.database == "postgresql" and settings.database_schema:
-        database_options["schema"] = settings.database_schema
-    database = open_database(settings.database_url, **database_options)
-    bus_options: dict[str, Any] = {"database": database} if settings.bus == "embedded" else {}
-    bus = open_bus(settings.bus_url, **bus_options)
-    if settings.bus_namespace:
-        from strowger.bus.namespace import NamespacedBus
-
-        bus = NamespacedBus(bus, settings.bus_namespace)
-    platform = Platform(settings=settings, database=database, bus=bus)
+    platform = root.empty_platform(settings)
     root._backbone(platform)
     root._tmf_apis(platform)
     _ordering(platform, timings)
