@@ -329,8 +329,22 @@ async def _fill(bus: Bus, topic: str, events: int, progress: Progress, span: tup
     return events / (time.perf_counter() - started)
 
 
+PACED_IN_FLIGHT = 8  # publishes in flight at once: fewer than the database pool's connections
+
+
 async def _publish_paced(bus: Bus, topic: str, count: int, rate: float) -> None:
-    """One event per publish at ``rate``/s; publishes overlap as a busy producer's would."""
+    """One event per publish at ``rate``/s; publishes overlap as a busy producer's would.
+
+    At most :data:`PACED_IN_FLIGHT` at once: when the database falls behind, events wait
+    in the producer (their send time is already stamped, so the wait counts in the latency)
+    instead of each holding a request for a pooled connection until the pool times out.
+    """
+    in_flight = asyncio.Semaphore(PACED_IN_FLIGHT)
+
+    async def send(message: Message) -> None:
+        async with in_flight:
+            await bus.publish([message])
+
     pending: list[asyncio.Task[None]] = []
     started = time.perf_counter()
     for n in range(count):
@@ -338,7 +352,7 @@ async def _publish_paced(bus: Bus, topic: str, count: int, rate: float) -> None:
         if delay > 0:
             await asyncio.sleep(delay)
         message = encode(_order_event(n, sent_ns=time.time_ns()), topic)
-        pending.append(asyncio.create_task(bus.publish([message])))
+        pending.append(asyncio.create_task(send(message)))
     await asyncio.gather(*pending)
 
 

@@ -14,15 +14,19 @@ It gives a single-node platform the same semantics as Kafka without a broker:
 * ``fetch`` sleeps on an in-process signal set after an append commits: no
   busy polling. (Appends from another process are seen at the next fetch.)
 * A group that has never committed reads from the beginning of the log.
+* Retention (:meth:`EmbeddedBus.purge`, run by the outbox relay with the outbox's retention,
+  ``STROWGER_RETENTION_DAYS``): rows older than the replay window are deleted, except those a
+  group that has committed on their partition has not read yet; offsets never restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
@@ -69,6 +73,17 @@ LOG_TABLES = TableSet(
 )
 
 TopicPartition = tuple[str, int]
+
+log = logging.getLogger("strowger.bus.embedded")
+
+# Old rows below every committed group's position on their partition (a partition no group
+# has committed on holds nothing back); bus_log_time (topic, appended_at) finds them.
+_PURGE = (
+    'DELETE FROM bus_log WHERE topic = ? AND appended_at < ? AND "offset" < COALESCE('
+    "(SELECT MIN(o.next_offset) FROM bus_offsets o "
+    "WHERE o.topic = bus_log.topic AND o.partition = bus_log.partition), "
+    '"offset" + 1)'
+)
 
 
 class EmbeddedBus(Bus):
@@ -146,6 +161,35 @@ class EmbeddedBus(Bus):
         # Wake every waiting fetch, then arm a fresh event for the next wait.
         appended, self._appended = self._appended, asyncio.Event()
         appended.set()
+
+    async def purge(self, *, older_than: timedelta) -> int:
+        """Delete log rows appended more than ``older_than`` ago (the replay window); returns how many.
+
+        A row a committed group has not read yet is kept however old (a lagging consumer
+        never loses an event to retention); a group that stopped for good holds rows back
+        until its offsets are deleted. Rewinding to a purged offset starts at the oldest kept.
+        """
+        await self.start()
+        cutoff = datetime.now(UTC).timestamp() - older_than.total_seconds()
+        topics = await self.database.fetchall("SELECT DISTINCT topic FROM bus_partitions")
+        deleted = held = 0
+        for (topic,) in topics:
+            async with self.database.transaction() as tx:  # one topic a transaction: short locks
+                deleted += await tx.execute(_PURGE, (topic, cutoff))
+                row = await tx.fetchone(
+                    "SELECT COUNT(*) FROM bus_log WHERE topic = ? AND appended_at < ?", (topic, cutoff)
+                )
+                held += int(row[0]) if row else 0
+        if deleted:
+            log.info("purged %d embedded log rows older than %s", deleted, older_than)
+        if held:
+            log.warning(
+                "kept %d embedded log rows older than %s: groups that committed have not read them "
+                "(lagging, or retired: delete their bus_offsets rows)",
+                held,
+                older_than,
+            )
+        return deleted
 
     def subscriber(self, group: str, topics: Sequence[str]) -> Subscriber:
         return EmbeddedSubscriber(self, group, tuple(topics), next(self._member_ids))
@@ -279,6 +323,7 @@ class EmbeddedSubscriber(Subscriber):
             return []
         self._cursor = (self._cursor + 1) % len(owned)
         deliveries: list[Delivery] = []
+        token = _Token(self._generation)  # one per fetch: every delivery of it shares the generation
         async with self.bus.database.snapshot() as tx:
             for topic, partition in owned[self._cursor :] + owned[: self._cursor]:
                 room = max_messages - len(deliveries)
@@ -289,32 +334,24 @@ class EmbeddedSubscriber(Subscriber):
                     'WHERE topic = ? AND partition = ? AND "offset" >= ? ORDER BY "offset" LIMIT ?',
                     (topic, partition, self._positions[(topic, partition)], room),
                 )
-                deliveries.extend(self._delivery(topic, partition, row) for row in rows)
+                deliveries.extend([_delivery(topic, partition, row, token) for row in rows])
                 if rows:
                     self._positions[(topic, partition)] = int(rows[-1][0]) + 1
         return deliveries
-
-    def _delivery(self, topic: str, partition: int, row: Row) -> Delivery:
-        offset, key, headers, value, appended_at = row
-        message = Message(topic=topic, key=key, headers=orjson.loads(headers), value=bytes(value))
-        return Delivery(
-            message=message,
-            partition=partition,
-            offset=int(offset),
-            timestamp=datetime.fromtimestamp(float(appended_at), UTC),
-            token=_Token(self._generation),
-        )
 
     async def commit(self, deliveries: Sequence[Delivery]) -> None:
         # Commits never move a position backwards, and deliveries fetched before a rewind
         # are ignored, so a late commit cannot undo a replay.
         latest: dict[TopicPartition, int] = {}
+        rewound_at = self.bus.rewound_at(self.group)
         for delivery in deliveries:
-            rewound_at = self.bus.rewound_at(self.group)
-            if isinstance(delivery.token, _Token) and delivery.token.generation < rewound_at:
+            token = delivery.token
+            if isinstance(token, _Token) and token.generation < rewound_at:
                 continue
             tp = (delivery.message.topic, delivery.partition)
-            latest[tp] = max(latest.get(tp, 0), delivery.offset + 1)
+            offset = delivery.offset + 1
+            if offset > latest.get(tp, 0):
+                latest[tp] = offset
         if not latest:
             return
         async with self.bus.database.transaction() as tx:
@@ -360,6 +397,12 @@ class EmbeddedSubscriber(Subscriber):
         return positions
 
 
+def _delivery(topic: str, partition: int, row: Row, token: _Token) -> Delivery:
+    offset, key, headers, value, appended_at = row
+    message = Message(topic, key, orjson.loads(headers), value if type(value) is bytes else bytes(value))
+    return Delivery(message, partition, offset, datetime.fromtimestamp(appended_at, UTC), token=token)
+
+
 def _by_partition(
     messages: Iterable[Message], partitions_of: Callable[[str], int]
 ) -> dict[TopicPartition, list[Message]]:
@@ -373,20 +416,14 @@ def _by_partition(
 async def _reserve_offsets(tx: Transaction, topic: str, partition: int, count: int) -> int:
     """Reserve ``count`` consecutive offsets at the partition's end; returns the first.
 
-    The UPDATE locks the partition's row (PostgreSQL), so concurrent appenders queue
-    instead of colliding; SQLite has a single writer anyway.
+    One upsert (one round trip on PostgreSQL): it locks the partition's row, so concurrent
+    appenders queue instead of colliding; SQLite has a single writer anyway.
     """
-    await tx.execute(
-        "INSERT INTO bus_partitions (topic, partition, next_offset) VALUES (?, ?, 0) "
-        "ON CONFLICT (topic, partition) DO NOTHING",
-        (topic, partition),
-    )
-    await tx.execute(
-        "UPDATE bus_partitions SET next_offset = next_offset + ? WHERE topic = ? AND partition = ?",
-        (count, topic, partition),
-    )
     row = await tx.fetchone(
-        "SELECT next_offset FROM bus_partitions WHERE topic = ? AND partition = ?", (topic, partition)
+        "INSERT INTO bus_partitions (topic, partition, next_offset) VALUES (?, ?, ?) "
+        "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = bus_partitions.next_offset + ? "
+        "RETURNING next_offset",
+        (topic, partition, count, count),
     )
     assert row is not None
     return int(row[0]) - count

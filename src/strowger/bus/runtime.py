@@ -71,6 +71,7 @@ from strowger.store.outbox import OUTBOX_TABLES, Outbox
 log = logging.getLogger("strowger.runtime")
 
 DEFAULT_BACKOFF: tuple[float, ...] = (1.0, 5.0, 30.0)
+LOOP_STOP_RECHECK = 1.0  # seconds between cancels of a runner loop that has not stopped
 
 
 class AckPolicy(enum.Enum):
@@ -284,12 +285,25 @@ class ConsumerRunner:
             for task in done:
                 task.result()  # re-raise the loop's own error (not a group) for the supervisor's log
         finally:
-            for task in loops:
-                task.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
+            await self._stop_loops(loops)
             self.started.clear()
             self._subscriber = None
             await subscriber.stop()
+
+    async def _stop_loops(self, loops: Sequence[asyncio.Task[None]]) -> None:
+        """Cancel ``loops`` and wait until each has ended, cancelling again any that carried on.
+
+        A library that drops a cancel (Python 3.11's ``asyncio.wait_for`` does when its result
+        arrives in the same loop turn) would otherwise leave a loop running and this runner
+        waiting for it forever. What a cancelled batch had not committed is redelivered.
+        """
+        pending = set(loops)
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=LOOP_STOP_RECHECK)
+            if pending:
+                self._log.warning("%d loop(s) still running after cancel; cancelling again", len(pending))
 
     # The live path -------------------------------------------------------------------------
 
@@ -388,8 +402,9 @@ class ConsumerRunner:
         counts = RunnerStats()
         decoded: list[tuple[Delivery, Envelope]] = []
         validator = self.validator
+        filtering = bool(self.consumer.event_types)  # most consumers take every type: skip the header
         for delivery in batch:
-            if not self.consumer.wants(delivery.message.event_type):
+            if filtering and not self.consumer.wants(delivery.message.event_type):
                 counts.filtered += 1
                 continue
             try:
@@ -400,7 +415,7 @@ class ConsumerRunner:
                 raise _SlowPathNeeded(None, None) from None  # dead-lettered there, counted once
             decoded.append((delivery, envelope))
         ids = list(dict.fromkeys(envelope.event_id for _, envelope in decoded))
-        seen = await self._inbox.seen_many(tx, self.name, ids)
+        seen = await self._inbox.seen_many(tx, self.name, ids, postgresql=self._postgresql)
         keys = list(dict.fromkeys(envelope.entity_key for _, envelope in decoded))
         blocked = await self._lot.blocked_keys(tx, self.name, keys, postgresql=self._postgresql)
         fresh: list[tuple[Delivery, Envelope]] = []
@@ -417,7 +432,9 @@ class ConsumerRunner:
             else:
                 seen.add(envelope.event_id)  # a second copy in this batch is a duplicate
                 fresh.append((delivery, envelope))
-        recorded = await self._inbox.record_many(tx, self.name, [e.event_id for _, e in fresh])
+        recorded = await self._inbox.record_many(
+            tx, self.name, [e.event_id for _, e in fresh], postgresql=self._postgresql
+        )
         to_apply = [(d, e) for d, e in fresh if e.event_id in recorded]
         counts.duplicates += len(fresh) - len(to_apply)  # applied by another member meanwhile
         if self.consumer.batch_handler is not None:

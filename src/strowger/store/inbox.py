@@ -47,33 +47,56 @@ class Inbox:
         )
         return changed == 1
 
-    async def seen_many(self, tx: Transaction, consumer: str, event_ids: Sequence[str]) -> set[str]:
-        """Which of ``event_ids`` ``consumer`` has already applied (one query)."""
+    async def seen_many(
+        self, tx: Transaction, consumer: str, event_ids: Sequence[str], *, postgresql: bool = False
+    ) -> set[str]:
+        """Which of ``event_ids`` ``consumer`` has already applied (one query).
+
+        On PostgreSQL the ids travel as one array: one statement text whatever the batch's
+        size (parsed and planned once, then prepared), not one placeholder per id.
+        """
         if not event_ids:
             return set()
-        marks = ", ".join("?" * len(event_ids))
-        rows = await tx.fetchall(
-            f"SELECT event_id FROM inbox WHERE consumer = ? AND event_id IN ({marks})",  # noqa: S608 (placeholders only)
-            (consumer, *event_ids),
-        )
+        if postgresql:
+            rows = await tx.fetchall(
+                "SELECT event_id FROM inbox WHERE consumer = ? AND event_id = ANY(?)",
+                (consumer, list(event_ids)),
+            )
+        else:
+            marks = ", ".join("?" * len(event_ids))
+            rows = await tx.fetchall(
+                f"SELECT event_id FROM inbox WHERE consumer = ? AND event_id IN ({marks})",  # noqa: S608 (placeholders only)
+                (consumer, *event_ids),
+            )
         return {str(event_id) for (event_id,) in rows}
 
-    async def record_many(self, tx: Transaction, consumer: str, event_ids: Sequence[str]) -> set[str]:
+    async def record_many(
+        self, tx: Transaction, consumer: str, event_ids: Sequence[str], *, postgresql: bool = False
+    ) -> set[str]:
         """Record ``event_ids`` (distinct) in one statement; returns those that were not recorded yet.
 
         Rows are inserted in sorted order so two members recording overlapping batches on
         PostgreSQL take their row locks in the same order (no deadlock); a row another
         transaction is inserting makes this one wait for its outcome, as :meth:`record` does.
+        On PostgreSQL the ids travel as one array (``unnest ... WITH ORDINALITY`` keeps the order).
         """
         if not event_ids:
             return set()
         at = datetime.now(UTC).timestamp()
         ordered = sorted(event_ids)
-        values = ", ".join("(?, ?, ?)" for _ in ordered)
-        params = [value for event_id in ordered for value in (consumer, event_id, at)]
-        rows = await tx.fetchall(
-            f"INSERT INTO inbox (consumer, event_id, processed_at) VALUES {values} "  # noqa: S608 (placeholders only)
-            "ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id",
-            params,
-        )
+        if postgresql:
+            rows = await tx.fetchall(
+                "INSERT INTO inbox (consumer, event_id, processed_at) "
+                "SELECT ?, ids.event_id, ? FROM unnest(?::text[]) WITH ORDINALITY AS ids (event_id, n) "
+                "ORDER BY ids.n ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id",
+                (consumer, at, ordered),
+            )
+        else:
+            values = ", ".join("(?, ?, ?)" for _ in ordered)
+            params = [value for event_id in ordered for value in (consumer, event_id, at)]
+            rows = await tx.fetchall(
+                f"INSERT INTO inbox (consumer, event_id, processed_at) VALUES {values} "  # noqa: S608 (placeholders only)
+                "ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id",
+                params,
+            )
         return {str(event_id) for (event_id,) in rows}

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -78,39 +78,51 @@ class Outbox:
     def __init__(self, partitions: int = OUTBOX_PARTITIONS) -> None:
         self.partitions = partitions
         self._wakeup = asyncio.Event()
+        self._committed: set[int] = set()  # partitions given rows since a relay last took them
 
     async def add(self, tx: Transaction, messages: Sequence[Message]) -> None:
         """Store ``messages`` for publishing; they exist only if ``tx`` commits (then the relay wakes)."""
         if not messages:
             return
         created = now()
+        rows = [
+            (
+                m.topic,
+                m.key,
+                orjson.dumps(dict(m.headers)).decode(),
+                m.value,
+                partition_for(m.key, self.partitions),
+                created,
+            )
+            for m in messages
+        ]
         await tx.executemany(
             "INSERT INTO outbox (topic, key, headers, value, partition, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    m.topic,
-                    m.key,
-                    orjson.dumps(dict(m.headers)).decode(),
-                    m.value,
-                    partition_for(m.key, self.partitions),
-                    created,
-                )
-                for m in messages
-            ],
+            rows,
         )
-        tx.on_commit(self.wake)
+        partitions = {row[4] for row in rows}
+        tx.on_commit(lambda: self.wake(partitions))
 
-    def wake(self) -> None:
-        """Tell the relays in this process that rows are waiting."""
+    def wake(self, partitions: Iterable[int] = ()) -> None:
+        """Tell the relays in this process that rows are waiting (in ``partitions``, if known)."""
+        self._committed.update(partitions)
         self._wakeup.set()
 
-    async def wait(self, timeout: float) -> None:
-        """Sleep until :meth:`wake` is called or ``timeout`` seconds pass."""
+    def take_committed(self) -> set[int]:
+        """The partitions given rows in this process since the last call (a hint, not the truth:
+        other processes write too, so a relay still polls every partition now and then)."""
+        committed, self._committed = self._committed, set()
+        return committed
+
+    async def wait(self, timeout: float) -> bool:
+        """Sleep until :meth:`wake` is called (True) or ``timeout`` seconds pass (False)."""
+        woken = False
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):  # not wait_for: it can swallow a cancel (3.11)
-                await self._wakeup.wait()
+                woken = await self._wakeup.wait()
         self._wakeup.clear()
+        return woken
 
 
 class OutboxRelay:
@@ -118,7 +130,8 @@ class OutboxRelay:
 
     Wakes when :class:`Outbox` signals a commit in this process and polls every
     ``poll_interval`` seconds as a fallback (rows written by other processes).
-    Published rows older than ``retention`` are purged every ``purge_interval``.
+    Published rows older than ``retention`` are purged every ``purge_interval``, and so are
+    the embedded bus's log rows (:meth:`EmbeddedBus.purge`) when that is the bus.
     On PostgreSQL, ``concurrency`` partitions are relayed at once (one pooled connection each).
     ``observer`` is told of each batch once it is published and marked (after commit).
     """
@@ -157,37 +170,48 @@ class OutboxRelay:
         await self.database.create_tables(OUTBOX_TABLES)
         loop = asyncio.get_running_loop()
         next_purge = loop.time()
+        woken = False  # by a commit in this process (its partitions are known), not the poll
         while True:
             try:
-                while self.batch_size in await self._relay_round():
-                    pass  # a full batch: more are probably waiting
+                hinted = (self.outbox.take_committed() or None) if woken else None  # empty: ask
+                while self.batch_size in await self._relay_round(hinted):
+                    hinted = None  # a full batch: more are probably waiting, anywhere
                 if self.retention is not None and loop.time() >= next_purge:
                     await purge(self.database, older_than=self.retention)
+                    if isinstance(self.bus, EmbeddedBus):  # the log's replay window is the same
+                        await self.bus.purge(older_than=self.retention)
                     next_purge = loop.time() + self.purge_interval
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("outbox relay failed; retrying in %.1fs", self.error_pause)
                 await asyncio.sleep(self.error_pause)
+                woken = False  # the next round looks at every partition
                 continue
-            await self.outbox.wait(self.poll_interval)
+            woken = await self.outbox.wait(self.poll_interval)
 
     async def relay_once(self) -> int:
         """Publish what is waiting (one batch per claimable partition); returns how many rows."""
         return sum(await self._relay_round())
 
-    async def _relay_round(self) -> list[int]:
+    async def _relay_round(self, hinted: set[int] | None = None) -> list[int]:
         """One batch per partition with rows waiting; how many rows each batch published.
 
         On PostgreSQL up to ``concurrency`` partitions are relayed at once, each in its own
         transaction holding its advisory lock: a partition's rows stay in order, and the
         bus's confirmation round trips and the UPDATEs of different partitions overlap.
+        ``hinted``: the partitions this process's commits just filled, relayed without first
+        asking which partitions have rows (one round trip less between commit and publish);
+        None asks.
         """
         if self.database.kind == "sqlite":
             return [await self._relay_batch(partition=None)]  # one writer: nothing to overlap
-        pending = await self.database.fetchall(
-            "SELECT DISTINCT partition FROM outbox WHERE published_at IS NULL"
-        )
+        if hinted is not None:
+            pending = [(partition,) for partition in sorted(hinted)]
+        else:
+            pending = await self.database.fetchall(
+                "SELECT DISTINCT partition FROM outbox WHERE published_at IS NULL"
+            )
         slots = asyncio.Semaphore(self.concurrency)
 
         async def relay(partition: int) -> int:

@@ -6,6 +6,7 @@ them into psycopg's ``%s`` once per statement text and caches the result.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -116,7 +117,7 @@ class PostgresDatabase(Database):
         assert self._pool is not None
         tx: PostgresTransaction
         try:
-            async with self._pool.connection() as connection, connection.transaction():
+            async with _checked_out(self._pool) as connection, connection.transaction():
                 tx = PostgresTransaction(connection)
                 yield tx
         except psycopg.errors.SerializationFailure as exc:
@@ -132,10 +133,29 @@ class PostgresDatabase(Database):
             await self.open()
         assert self._read_pool is not None
         try:
-            async with self._read_pool.connection() as connection:
+            async with _checked_out(self._read_pool) as connection:
                 yield PostgresTransaction(connection)
         except psycopg.OperationalError as exc:
             raise ServiceUnavailable(f"PostgreSQL: {exc}") from exc
+
+
+@asynccontextmanager
+async def _checked_out(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """A pooled connection; a cancel that arrived while waiting for it is raised, never lost.
+
+    psycopg_pool waits for a free connection with ``asyncio.wait_for``, which on Python 3.11
+    returns the connection and drops the cancel when both arrive in one loop turn (every
+    task cancelled at shutdown while others hand their connections back). The cancelled
+    task would then go on: a consumer's fetch loop forever. A rise in the task's pending
+    cancel count while we waited is that lost cancel; it is raised here, and the connection
+    goes straight back to the pool.
+    """
+    task = asyncio.current_task()
+    cancels = task.cancelling() if task is not None else 0
+    async with pool.connection() as connection:
+        if task is not None and task.cancelling() > cancels:
+            raise asyncio.CancelledError
+        yield connection
 
 
 _CREATES = re.compile(
