@@ -157,6 +157,23 @@ class EventStoreContract:
         assert await store.stream_version(stream) == 2
         assert await store.stream_version(new_id()) == 0
 
+    async def test_a_large_append_is_one_gap_free_run_and_a_stale_one_writes_nothing(
+        self, store: EventStore
+    ) -> None:
+        # More events than one INSERT carries on SQLite (1,000): the chunks must line up.
+        stream, count = new_id(), 2_345
+        await self._append(store, new_id(), 0, "Before")
+        appended = await self._append(store, stream, 0, *[f"E{n}" for n in range(count)])
+        assert [e.version for e in appended] == list(range(1, count + 1))
+        first = appended[0].position
+        assert [e.position for e in appended] == list(range(first, first + count))
+        assert await store.read_stream(stream) == appended
+        with pytest.raises(ConcurrencyConflict):
+            await self._append(store, stream, count - 1, *["Late"] * count)
+        after = await self._append(store, new_id(), 0, "After")
+        assert after[0].position == first + count  # nothing of the stale append was kept
+        assert await store.stream_version(stream) == count
+
     async def test_read_stream_window(self, store: EventStore) -> None:
         stream = new_id()
         await self._append(store, stream, 0, "A", "B", "C", "D")

@@ -9,6 +9,7 @@ every exactly-once claim is checked on the view itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -194,6 +195,34 @@ class ProjectionContract:
         assert (
             metrics.registry.get_sample_value("strowger_projection_lag", {"projection": projection.name}) == 0
         )
+
+    async def test_lag_is_reported_while_the_runner_is_behind(
+        self, database: Database, store: SqlEventStore, source: EventStoreSource
+    ) -> None:
+        measured: list[int] = []
+        caught_up = asyncio.Event()
+
+        class Recording(ProjectionRunner):
+            async def report_lag(self) -> int:
+                measured.append(await super().report_lag())
+                if measured[-1] == 0:
+                    caught_up.set()
+                return measured[-1]
+
+        projection = make_totals()
+        runner = Recording(projection, source, database, batch_size=2, poll_interval=0.02, lag_interval=0)
+        await runner.setup()
+        await append(store, "a", [1] * 9)
+        running = asyncio.create_task(runner.run())
+        try:
+            async with asyncio.timeout(30):
+                await caught_up.wait()
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+        # Full batches of 2 leave 7, 5, 3, 1 behind: each was on the gauge before the runner caught up.
+        assert measured[:4] == [7, 5, 3, 1] and measured[-1] == 0
 
     # --- rebuild ----------------------------------------------------------------------------
 

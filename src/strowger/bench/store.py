@@ -11,20 +11,33 @@ serialisation -> SQL and back):
 
 eventsourcing is synchronous; Strowger is asyncio: each op is awaited in turn,
 so both measure one client's latency-bound throughput.
+
+Fairness. Each workload runs in ``rounds`` rounds that ALTERNATE between the
+two sides (and alternate who goes first), so both see the same machine: on a
+shared host another process's burst lands on both, not on whichever ran
+second. Each figure is the rate of the median round (robust to a round a
+burst slowed down); the mean over all rounds is reported beside it. On SQLite
+both sides run WAL with ``synchronous=NORMAL`` (eventsourcing's connections
+get Strowger's setting), each append is one transaction on both sides, and
+neither side writes outbox rows or snapshots: in production Strowger's caller
+adds its outbox rows to the same transaction, while eventsourcing's events
+table is its own notification log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import shutil
+import statistics
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,10 +52,13 @@ from strowger.store.sqlite import SqliteDatabase
 
 Progress = Callable[[str, float], None]
 WORKLOADS = ("append_1", "append_10", "load_50")
+EVENTS_PER_APPEND = {"append_1": 1, "append_10": 10}
 AGGREGATES = 100
 LOAD_EVENTS = 50
 DEFAULT_POSTGRES_URL = "postgresql://strowger:strowger@127.0.0.1:5432/strowger"
 TARGET_RATIO = 2.0
+DEFAULT_ROUNDS = 10
+WARM_UP = 5  # operations per side before each workload's timed rounds
 
 
 # -- the same small domain on both sides -------------------------------------------------------------
@@ -108,6 +124,100 @@ def _eventsourcing_app(env: dict[str, str]) -> Any:
     return Application(env=env), _eventsourcing_tally()
 
 
+# -- the two sides -----------------------------------------------------------------------------------
+
+
+class EventsourcingSide:
+    """eventsourcing's ``Application`` (synchronous): one method call per operation."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.app, self.tally_type = _eventsourcing_app(env)
+        self.tallies = [self.tally_type(owner="bench") for _ in range(AGGREGATES)]
+        self.app.save(*self.tallies)
+        self.loaded = self.tally_type(owner="bench")
+        for _ in range(LOAD_EVENTS - 1):
+            self.loaded.add(1)
+        self.app.save(self.loaded)
+        self.turn = 0
+
+    def run(self, workload: str, operations: int) -> float:
+        """Seconds taken by ``operations`` operations of ``workload``."""
+        started = time.perf_counter()
+        if workload == "load_50":
+            for _ in range(operations):
+                self.app.repository.get(self.loaded.id)
+        else:
+            events = EVENTS_PER_APPEND[workload]
+            for _ in range(operations):
+                tally = self.tallies[self.turn % AGGREGATES]
+                self.turn += 1
+                for _ in range(events):
+                    tally.add(1)
+                self.app.save(tally)
+        return time.perf_counter() - started
+
+    def check(self) -> None:
+        if self.app.repository.get(self.loaded.id).version != LOAD_EVENTS:
+            raise AssertionError("eventsourcing loaded the wrong aggregate")
+        for tally in self.tallies:
+            if self.app.repository.get(tally.id).total != tally.total:
+                raise AssertionError("eventsourcing lost an append")
+
+    def close(self) -> None:
+        self.app.close()
+
+
+class StrowgerSide:
+    """Strowger's ``Repository`` over its event store: one transaction per append, as in production."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.turn = 0
+
+    async def open(self) -> None:
+        await self.database.open()
+        store = open_event_store(self.database)
+        await store.setup()
+        self.repository = Repository(store, Tally, snapshot_every=None)
+        self.tallies = [Tally.open(uuid.uuid4().hex, "bench") for _ in range(AGGREGATES)]
+        async with self.database.transaction() as tx:
+            for tally in self.tallies:
+                await self.repository.save(tx, tally)
+        self.loaded = Tally.open(uuid.uuid4().hex, "bench")
+        for _ in range(LOAD_EVENTS - 1):
+            self.loaded.add(1)
+        async with self.database.transaction() as tx:
+            await self.repository.save(tx, self.loaded)
+
+    async def run(self, workload: str, operations: int) -> float:
+        """Seconds taken by ``operations`` operations of ``workload``."""
+        repository, database = self.repository, self.database
+        started = time.perf_counter()
+        if workload == "load_50":
+            for _ in range(operations):
+                await repository.load(self.loaded.id)
+        else:
+            events = EVENTS_PER_APPEND[workload]
+            for _ in range(operations):
+                tally = self.tallies[self.turn % AGGREGATES]
+                self.turn += 1
+                for _ in range(events):
+                    tally.add(1)
+                async with database.transaction() as tx:
+                    await repository.save(tx, tally)
+        return time.perf_counter() - started
+
+    async def check(self) -> None:
+        if (await self.repository.load(self.loaded.id)).version != LOAD_EVENTS:
+            raise AssertionError("Strowger loaded the wrong aggregate")
+        for tally in self.tallies:
+            if (await self.repository.load(tally.id)).total != tally.total:
+                raise AssertionError("Strowger lost an append")
+
+    async def close(self) -> None:
+        await self.database.close()
+
+
 # -- timing ---------------------------------------------------------------------------------------------
 
 
@@ -140,87 +250,76 @@ def _sqlite_synchronous_normal() -> Iterator[None]:
         SQLiteConnectionPool._create_connection = create  # type: ignore[method-assign]
 
 
-def _run_eventsourcing(env: dict[str, str], iterations: int) -> dict[str, float]:
-    if env["PERSISTENCE_MODULE"] == "eventsourcing.sqlite":
-        with _sqlite_synchronous_normal():
-            return _measure_eventsourcing(env, iterations)
-    return _measure_eventsourcing(env, iterations)
+@dataclass
+class Timings:
+    """Seconds per round of each workload, for one side."""
+
+    rounds: dict[str, list[float]] = field(default_factory=lambda: {name: [] for name in WORKLOADS})
+
+    def figures(self, operations_per_round: int) -> dict[str, float]:
+        """The median round's rate: robust to rounds another process on the machine slowed down."""
+        return {
+            name: _rate(operations_per_round, statistics.median(seconds))
+            for name, seconds in self.rounds.items()
+        }
+
+    def overall(self, operations_per_round: int) -> dict[str, float]:
+        """All operations over all the time (the mean rate, outliers included)."""
+        return {
+            name: _rate(operations_per_round * len(seconds), sum(seconds))
+            for name, seconds in self.rounds.items()
+        }
 
 
-def _measure_eventsourcing(env: dict[str, str], iterations: int) -> dict[str, float]:
-    app, es_tally = _eventsourcing_app(env)
-    try:
-        tallies = [es_tally(owner="bench") for _ in range(AGGREGATES)]
-        app.save(*tallies)
-        figures: dict[str, float] = {}
-        for events in (1, 10):
-            for tally in tallies[:5]:  # warm up caches and prepared statements
-                tally.add(1)
-                app.save(tally)
-            started = time.perf_counter()
-            for n in range(iterations):
-                tally = tallies[n % AGGREGATES]
-                for _ in range(events):
-                    tally.add(1)
-                app.save(tally)
-            figures[f"append_{events}"] = _rate(iterations, time.perf_counter() - started)
-        loaded = es_tally(owner="bench")
-        for _ in range(LOAD_EVENTS - 1):
-            loaded.add(1)
-        app.save(loaded)
-        for _ in range(5):
-            app.repository.get(loaded.id)
-        started = time.perf_counter()
-        for _ in range(iterations):
-            app.repository.get(loaded.id)
-        figures["load_50"] = _rate(iterations, time.perf_counter() - started)
-        if app.repository.get(loaded.id).version != LOAD_EVENTS:
-            raise AssertionError("eventsourcing loaded the wrong aggregate")
-        return figures
-    finally:
-        app.close()
+def _measure(
+    eventsourcing: EventsourcingSide,
+    strowger: StrowgerSide,
+    runner: asyncio.Runner,
+    operations_per_round: int,
+    rounds: int,
+    report: Progress,
+) -> tuple[Timings, Timings]:
+    """Alternate the two sides round by round, so both see the same machine (load, WAL, caches)."""
+    es_timings, strowger_timings = Timings(), Timings()
+    steps, done = len(WORKLOADS) * rounds, 0
+    for workload in WORKLOADS:
+        eventsourcing.run(workload, WARM_UP)  # caches, prepared statements, connections
+        runner.run(strowger.run(workload, WARM_UP))
+        for round_number in range(rounds):
+            # Who goes first alternates too: neither side always inherits the other's WAL or checkpoint.
+            if round_number % 2 == 0:
+                es_timings.rounds[workload].append(eventsourcing.run(workload, operations_per_round))
+                strowger_timings.rounds[workload].append(
+                    runner.run(strowger.run(workload, operations_per_round))
+                )
+            else:
+                strowger_timings.rounds[workload].append(
+                    runner.run(strowger.run(workload, operations_per_round))
+                )
+                es_timings.rounds[workload].append(eventsourcing.run(workload, operations_per_round))
+            done += 1
+            report(f"{workload} round {round_number + 1}/{rounds}", done / steps)
+    eventsourcing.check()
+    runner.run(strowger.check())
+    return es_timings, strowger_timings
 
 
-async def _run_strowger(database: Database, iterations: int) -> dict[str, float]:
-    await database.open()
-    try:
-        store = open_event_store(database)
-        await store.setup()
-        repository = Repository(store, Tally, snapshot_every=None)
-        tallies = [Tally.open(uuid.uuid4().hex, "bench") for _ in range(AGGREGATES)]
-        async with database.transaction() as tx:
-            for tally in tallies:
-                await repository.save(tx, tally)
-        figures: dict[str, float] = {}
-        for events in (1, 10):
-            for tally in tallies[:5]:
-                tally.add(1)
-                async with database.transaction() as tx:
-                    await repository.save(tx, tally)
-            started = time.perf_counter()
-            for n in range(iterations):
-                tally = tallies[n % AGGREGATES]
-                for _ in range(events):
-                    tally.add(1)
-                async with database.transaction() as tx:
-                    await repository.save(tx, tally)
-            figures[f"append_{events}"] = _rate(iterations, time.perf_counter() - started)
-        loaded = Tally.open(uuid.uuid4().hex, "bench")
-        for _ in range(LOAD_EVENTS - 1):
-            loaded.add(1)
-        async with database.transaction() as tx:
-            await repository.save(tx, loaded)
-        for _ in range(5):
-            await repository.load(loaded.id)
-        started = time.perf_counter()
-        for _ in range(iterations):
-            await repository.load(loaded.id)
-        figures["load_50"] = _rate(iterations, time.perf_counter() - started)
-        if (await repository.load(loaded.id)).version != LOAD_EVENTS:
-            raise AssertionError("Strowger loaded the wrong aggregate")
-        return figures
-    finally:
-        await database.close()
+def _run_both(
+    es_env: dict[str, str],
+    strowger_database: Database,
+    operations_per_round: int,
+    rounds: int,
+    report: Progress,
+) -> tuple[Timings, Timings]:
+    with asyncio.Runner() as runner:
+        eventsourcing = EventsourcingSide(es_env)
+        strowger = StrowgerSide(strowger_database)
+        try:
+            runner.run(strowger.open())
+            return _measure(eventsourcing, strowger, runner, operations_per_round, rounds, report)
+        finally:
+            eventsourcing.close()
+            runner.run(strowger.close())
 
 
 # -- the two databases ----------------------------------------------------------------------------------
@@ -275,47 +374,69 @@ def _postgres_targets() -> Iterator[tuple[dict[str, str], Callable[[], Database]
 # -- the public surface ------------------------------------------------------------------------------
 
 
-def run_store_bench(db: str, iterations: int, progress: Progress | None = None) -> dict[str, Any]:
+def run_store_bench(
+    db: str, iterations: int, progress: Progress | None = None, *, rounds: int = DEFAULT_ROUNDS
+) -> dict[str, Any]:
     """Measure both libraries on ``db`` ("sqlite" or "postgres"); every figure is in ops/s.
 
-    Returns ``{"db", "iterations", "eventsourcing": {...}, "strowger": {...},
-    "ratio": {...}, "events_per_s": {...}, "target_ratio", "meets_target", "machine"}``.
+    ``iterations`` operations per workload and side, in ``rounds`` alternating
+    rounds. Returns ``{"db", "iterations", "rounds", "eventsourcing": {...},
+    "strowger": {...}, "ratio": {...}, "mean": {...}, "events_per_s": {...},
+    "target_ratio", "meets_target", "load_average", "machine"}``.
     """
     if db not in ("sqlite", "postgres"):
         raise ValueError(f"db must be 'sqlite' or 'postgres', got {db!r}")
+    if rounds < 1 or iterations < rounds:
+        raise ValueError(f"need 1 <= rounds <= iterations, got rounds={rounds}, iterations={iterations}")
     report = progress or (lambda description, fraction: None)
+    per_round = iterations // rounds
+    load_before = os.getloadavg()
     targets = _sqlite_targets() if db == "sqlite" else _postgres_targets()
-    with targets as (es_env, strowger_database):
-        report("eventsourcing", 0.0)
-        eventsourcing = _run_eventsourcing(es_env, iterations)
-        report("strowger", 0.5)
-        strowger = asyncio.run(_run_strowger(strowger_database(), iterations))
-        report("done", 1.0)
+    with targets as (es_env, strowger_database), _peer_durability(db):
+        report("setting up", 0.0)
+        es_timings, strowger_timings = _run_both(es_env, strowger_database(), per_round, rounds, report)
+    eventsourcing, strowger = es_timings.figures(per_round), strowger_timings.figures(per_round)
+    es_mean, strowger_mean = es_timings.overall(per_round), strowger_timings.overall(per_round)
     ratio = {name: round(strowger[name] / eventsourcing[name], 2) for name in WORKLOADS}
     return {
         "benchmark": "store",
         "db": db,
-        "iterations": iterations,
+        "iterations": per_round * rounds,
+        "rounds": rounds,
         "eventsourcing": eventsourcing,
         "strowger": strowger,
         "ratio": ratio,
+        "mean": {
+            "eventsourcing": es_mean,
+            "strowger": strowger_mean,
+            "ratio": {name: round(strowger_mean[name] / es_mean[name], 2) for name in WORKLOADS},
+        },
         "events_per_s": {
             "eventsourcing_append_10": round(eventsourcing["append_10"] * 10, 1),
             "strowger_append_10": round(strowger["append_10"] * 10, 1),
         },
         "target_ratio": TARGET_RATIO,
         "meets_target": all(value >= TARGET_RATIO for value in ratio.values()),
+        "load_average": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
         "machine": {**machine_info(), "cpu_count": os.cpu_count() or 0},
     }
 
 
+def _peer_durability(db: str) -> contextlib.AbstractContextManager[None]:
+    return _sqlite_synchronous_normal() if db == "sqlite" else contextlib.nullcontext()
+
+
 def render_table(result: dict[str, Any]) -> Table:
     """The figures side by side, one row per workload."""
-    table = Table(title=f"Event store on {result['db']} ({result['iterations']} ops per figure)")
+    table = Table(
+        title=f"Event store on {result['db']}: {result['iterations']} ops per figure "
+        f"in {result['rounds']} alternating rounds (median round)"
+    )
     table.add_column("workload")
     table.add_column("eventsourcing ops/s", justify="right")
     table.add_column("Strowger ops/s", justify="right")
     table.add_column("Strowger / eventsourcing", justify="right")
+    table.add_column("ratio of means", justify="right")
     labels = {
         "append_1": "append 1 event",
         "append_10": "append 10 events",
@@ -329,5 +450,6 @@ def render_table(result: dict[str, Any]) -> Table:
             f"{result['eventsourcing'][name]:,.0f}",
             f"{result['strowger'][name]:,.0f}",
             f"[{colour}]{ratio:.2f}x[/]",
+            f"{result['mean']['ratio'][name]:.2f}x",
         )
     return table

@@ -341,6 +341,7 @@ class ProjectionRunner:
         batch_size: int = 500,
         poll_interval: float = 0.5,
         metrics: Metrics | None = None,
+        lag_interval: float = 1.0,
     ) -> None:
         self.projection = projection
         self.source = source
@@ -348,6 +349,9 @@ class ProjectionRunner:
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.metrics = metrics
+        # While behind, the lag is measured at most this often (it costs a read of the head).
+        self.lag_interval = lag_interval
+        self._lag_measured_at = float("-inf")
         self._wake = asyncio.Event()
         self._live: Generation | None = None
 
@@ -392,10 +396,17 @@ class ProjectionRunner:
         return total
 
     async def report_lag(self) -> int:
+        """Events of the source the live generation has not applied yet (also set on the gauge)."""
+        self._lag_measured_at = asyncio.get_running_loop().time()
         lag = max((await self.source.head()) - (self._live.position if self._live else 0), 0)
         if self.metrics is not None:
             self.metrics.projection_lag.labels(projection=self.projection.name).set(lag)
         return lag
+
+    async def _report_lag_while_behind(self) -> None:
+        """The lag matters most while the runner is behind: measure it between full batches too."""
+        if asyncio.get_running_loop().time() - self._lag_measured_at >= self.lag_interval:
+            await self.report_lag()
 
     async def run(self) -> None:
         """Tail the source for ever (rebuilding first if the code's version is newer than the view's)."""
@@ -412,6 +423,7 @@ class ProjectionRunner:
         while True:
             count = await self.run_once()
             if count >= self.batch_size:
+                await self._report_lag_while_behind()
                 continue  # more is waiting: no pause
             await self.report_lag()
             with contextlib.suppress(TimeoutError):

@@ -44,7 +44,7 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from strowger.errors import NotFound, UnknownEventVersion
 from strowger.store.db import Transaction
-from strowger.store.eventstore import EventStore, NewEvent, Snapshot, StoredEvent
+from strowger.store.eventstore import EventStore, Snapshot, StoredEvent, new_event
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,11 +66,22 @@ class DomainEvent:
             cls.event_type = cls.__name__
 
     def to_payload(self) -> dict[str, Any]:
-        return {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
+        return {name: getattr(self, name) for name in _field_names(type(self))}
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> Self:
         return cls(**payload)
+
+
+_FIELD_NAMES: dict[type[DomainEvent], tuple[str, ...]] = {}
+
+
+def _field_names(event_type: type[DomainEvent]) -> tuple[str, ...]:
+    """The payload's keys, once per class (``dataclasses.fields`` costs more than the event itself)."""
+    names = _FIELD_NAMES.get(event_type)
+    if names is None:
+        names = _FIELD_NAMES[event_type] = tuple(item.name for item in dataclasses.fields(event_type))
+    return names
 
 
 class Aggregate(abc.ABC):
@@ -242,12 +253,8 @@ class Repository(Generic[A]):
             stream_id,
             expected,
             [
-                NewEvent(
-                    event_type=event.event_type,
-                    payload=event.to_payload(),
-                    schema_version=event.schema_version,
-                    correlation_id=correlation_id,
-                    causation_id=causation_id,
+                new_event(
+                    event.event_type, event.to_payload(), event.schema_version, correlation_id, causation_id
                 )
                 for event in pending
             ],

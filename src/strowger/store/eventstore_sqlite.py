@@ -5,12 +5,18 @@ lock), so positions (the rowid) are handed out and committed in the same order:
 a reader can never see a position appear below one it has already read. The
 version check and the insert run under that lock, which makes the check exact.
 
-Times are stored as integer microseconds since the epoch (UTC): exact,
-compact and ordered, without sqlite3's deprecated datetime adapters.
+An append is two statements under that lock: one ``SELECT`` reads the stream's
+head version and the table's last position, then one multi-row ``INSERT`` (per
+1,000 events) writes the events with the next positions. There are no round
+trips to save in-process; measured on SQLite 3.40 this is cheaper than a single
+``INSERT … SELECT … WHERE EXISTS`` (reading the table it inserts into makes
+SQLite materialise the rows first) or ``INSERT … RETURNING``. The
+``UNIQUE (stream_id, version)`` key still backs the version check.
 """
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -23,7 +29,7 @@ from strowger.store.db import TableSet, Transaction
 from strowger.store.eventstore import NewEvent, SqlEventStore
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# SQLite allows 32766 bound parameters per statement; 9 per event leaves ample room.
+# SQLite allows 32766 bound parameters per statement; 10 per event leaves ample room.
 ROWS_PER_INSERT = 1000
 
 TABLES = TableSet(
@@ -59,11 +65,25 @@ TABLES = TableSet(
     postgresql=[],
 )
 
-INSERT_EVENTS = (
-    "INSERT INTO strowger_events (stream_id, version, event_id, event_type, schema_version, "
-    "recorded_at, correlation_id, causation_id, payload) VALUES "
+# The stream's version and the last position, read under the write lock (BEGIN IMMEDIATE).
+APPEND_HEAD = (
+    "SELECT (SELECT max(version) FROM strowger_events WHERE stream_id = ?), "
+    "(SELECT max(position) FROM strowger_events)"
 )
-ROW_PLACEHOLDERS = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
+INSERT_HEAD = (
+    "INSERT INTO strowger_events (position, stream_id, version, event_id, event_type, "
+    "schema_version, recorded_at, correlation_id, causation_id, payload) VALUES "
+)
+ONE_MICROSECOND = timedelta(microseconds=1)
+# The messages of key clashes (SQLite names the columns of the violated key).
+VERSION_KEY_VIOLATION = "strowger_events.stream_id, strowger_events.version"
+POSITION_KEY_VIOLATION = "strowger_events.position"
+
+
+@functools.lru_cache(maxsize=256)
+def insert_sql(rows: int) -> str:
+    """The insert of ``rows`` events: constant text per size, placeholders only."""
+    return INSERT_HEAD + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
 
 
 class SqliteEventStore(SqlEventStore):
@@ -77,18 +97,21 @@ class SqliteEventStore(SqlEventStore):
         events: Sequence[NewEvent],
         recorded_at: datetime,
     ) -> list[int]:
-        head = await tx.fetchone("SELECT max(version) FROM strowger_events WHERE stream_id = ?", (stream_id,))
-        if ((head and head[0]) or 0) != expected_version:
+        row = await tx.fetchone(APPEND_HEAD, (stream_id,))
+        head, last_position = (row[0] or 0, row[1] or 0) if row else (0, 0)
+        if head != expected_version:
             raise ConcurrencyConflict(f"stream {stream_id!r} is not at version {expected_version}")
         stamp = self._dump_time(recorded_at)
-        positions: list[int] = []
         for start in range(0, len(events), ROWS_PER_INSERT):
             chunk = events[start : start + ROWS_PER_INSERT]
             params: list[Any] = []
-            for offset, event in enumerate(chunk, start=expected_version + start + 1):
+            offset = start
+            for event in chunk:
+                offset += 1
                 params += (
+                    last_position + offset,
                     stream_id,
-                    offset,
+                    expected_version + offset,
                     event.event_id,
                     event.event_type,
                     event.schema_version,
@@ -97,18 +120,18 @@ class SqliteEventStore(SqlEventStore):
                     event.causation_id,
                     orjson.dumps(event.payload),
                 )
-            # One statement per chunk: constant text and placeholders only, no value is spliced in.
-            sql = INSERT_EVENTS + ", ".join([ROW_PLACEHOLDERS] * len(chunk)) + " RETURNING position"
             try:
-                rows = await tx.fetchall(sql, params)
-            except sqlite3.IntegrityError as exc:  # another process wrote the file
-                raise ConcurrencyConflict(f"stream {stream_id!r}: {exc}") from exc
-            # RETURNING order is unspecified; rowids grow in insertion (= version) order.
-            positions += sorted(row[0] for row in rows)
-        return positions
+                await tx.execute(insert_sql(len(chunk)), params)
+            except sqlite3.IntegrityError as exc:  # only if a writer bypassed the write lock
+                if VERSION_KEY_VIOLATION not in str(exc) and POSITION_KEY_VIOLATION not in str(exc):
+                    raise
+                raise ConcurrencyConflict(
+                    f"stream {stream_id!r} is not at version {expected_version}"
+                ) from exc
+        return list(range(last_position + 1, last_position + len(events) + 1))
 
     def _dump_time(self, moment: datetime) -> int:
-        return (moment - EPOCH) // timedelta(microseconds=1)
+        return (moment - EPOCH) // ONE_MICROSECOND
 
     def _load_time(self, stored: Any) -> datetime:
-        return EPOCH + timedelta(microseconds=int(stored))
+        return EPOCH + timedelta(microseconds=stored)
