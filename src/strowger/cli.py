@@ -24,6 +24,7 @@ console = Console()
 
 def _mount_subcommands() -> None:
     from strowger.bench.cli import bench_app
+    from strowger.commands.alerts import alerts_app
     from strowger.commands.chaos import chaos
     from strowger.commands.cluster import cluster_app
     from strowger.commands.demo import demo
@@ -44,6 +45,7 @@ def _mount_subcommands() -> None:
     app.add_typer(cluster_app, name="cluster")
     app.command("chaos")(chaos)
     app.add_typer(verify_app, name="verify")
+    app.add_typer(alerts_app, name="alerts")
 
 
 _mount_subcommands()

@@ -210,3 +210,37 @@ async def test_without_a_key_the_page_asks_for_one(running: Running, browser: An
     await page.locator("#login-form button").click()
     await page.locator("#status.ok").wait_for()
     await login.wait_for(state="hidden")
+
+
+async def finish_probe_saga(platform: Platform, saga_id: str, reply_type: str, **payload: Any) -> None:
+    """Start a probe saga for an ``add`` order and answer its one command with ``reply_type``."""
+    engine = SagaEngine(SagaRegistry([PROBE]), platform.sink("saga"))
+    async with platform.database.transaction() as tx:
+        state = await engine.start(tx, "probe", {"orderType": "add"}, saga_id=saga_id)
+    command_id = state.steps[0].command_id
+    reply = Envelope(event_type=reply_type, payload=payload, entity_key=saga_id, causation_id=command_id)
+    async with platform.database.transaction() as tx:
+        assert (await engine.handle_reply(tx, reply)).applied
+
+
+async def test_the_saga_panel_shows_durations_per_order_type_and_the_compensation_rate(
+    running: Running, browser: Any
+) -> None:
+    await finish_probe_saga(running.platform, "probe-done", "ProbeReserved")
+    await finish_probe_saga(running.platform, "probe-failed", "ProbeReserveFailed", error="pool 7 empty")
+
+    page = await browser.new_page(viewport={"width": 1366, "height": 768})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    await page.goto(f"{running.url}/dashboard?key={ADMIN_KEY}")
+
+    durations = page.get_by_test_id("saga-durations").locator('tr[data-saga-type="probe"]')
+    await durations.wait_for()
+    cells = await durations.locator("td").all_inner_texts()
+    assert cells[:3] == ["probe", "add", "1"]  # one completed add order; its p50/p95/p99 follow
+    compensation = page.get_by_test_id("compensation").locator('[data-saga-type="probe"]')
+    await compensation.wait_for()
+    text = await compensation.inner_text()
+    assert "compensated 1 of 2" in text and "50.0 %" in text
+    assert "step reserve failed" in text and "pool 7 empty" in text
+    assert errors == []

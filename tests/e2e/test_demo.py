@@ -66,3 +66,16 @@ def test_a_bad_backend_is_refused_with_exit_code_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "expected one of embedded, postgres+kafka" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_demo_writes_a_screenshot_of_the_dashboard_mid_run(tmp_path: Path) -> None:
+    shot = tmp_path / "shots" / "dashboard.png"
+    result = run_demo(
+        tmp_path, "--orders", "12", "--failure-rate", "0.2", "--seed", "7", "--screenshot", str(shot)
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    header = shot.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+    assert (width, height) == (1366, 768)  # a laptop screen
+    assert f"dashboard screenshot written to {shot}" in " ".join(result.stdout.split())

@@ -173,6 +173,19 @@ async def test_the_data_needs_the_operator_scope(client: httpx.AsyncClient) -> N
     assert set(response.json()) >= {"flow", "sagas", "lag", "deadLetters", "alerts"}
 
 
+async def test_the_saga_overview_api_gives_percentiles_per_order_type_and_a_rolling_window(
+    client: httpx.AsyncClient,
+) -> None:
+    assert (await client.get("/dashboard/api/sagas", headers={"X-API-Key": READER_KEY})).status_code == 403
+    operator = {"X-API-Key": OPERATOR_KEY}
+    response = await client.get("/dashboard/api/sagas", params={"compensationWindow": 60}, headers=operator)
+    assert response.status_code == 200
+    assert set(response.json()) >= {"types", "durations", "inFlight", "stuck", "open", "quarantined"}
+    refused = await client.get("/dashboard/api/sagas", params={"compensationWindow": 0}, headers=operator)
+    assert refused.status_code == 422  # a clear error, not a 500
+    assert "compensationWindow" in refused.text
+
+
 async def test_every_other_route_still_needs_credentials(tmp_path: Path) -> None:
     platform = bootstrap(Settings(database_url=f"sqlite:///{tmp_path}/strowger.db"))  # installs the dashboard
     await assert_all_routes_protected(create_app(platform, security()))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -24,7 +25,7 @@ from rich.table import Table
 from strowger.demo import BACKENDS
 
 if TYPE_CHECKING:  # the platform (FastAPI, uvicorn, every component) loads only when the demo runs
-    from strowger.demo.drive import DemoResult, LocalProbe
+    from strowger.demo.drive import DemoDriver, DemoResult, LocalProbe
     from strowger.demo.drive import Progress as ProgressCallback
 
 console = Console()
@@ -49,43 +50,114 @@ def demo(
     seed: Annotated[int | None, typer.Option(help="seed of the order generator (reproducible mix)")] = None,
     timeout: Annotated[float, typer.Option(min=1.0, help="seconds to wait for orders to settle")] = 300.0,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as one JSON line last")] = False,
+    pace: Annotated[
+        float | None,
+        typer.Option(min=0.1, help="orders per second (default: as fast as --concurrency allows)"),
+    ] = None,
+    screenshot: Annotated[
+        Path | None,
+        typer.Option(help="write a PNG of the live dashboard taken mid-run (needs Playwright and chromium)"),
+    ] = None,
+    screenshot_at: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="fraction of the orders settled when the shot is taken")
+    ] = 0.5,
 ) -> None:
     """Place orders over TMF622 with faults injected, then print the outcome and check the invariants."""
     if backend not in BACKENDS:
         raise typer.BadParameter(f"expected one of {', '.join(BACKENDS)}", param_hint="--backend")
     if url and not api_key:
         raise typer.BadParameter("--url needs --api-key (or STROWGER_API_KEY)", param_hint="--api-key")
-    options = DriveOptions(orders, failure_rate, concurrency, seed, timeout)
-    result = asyncio.run(_run(options, backend, url, api_key, workdir))
+    options = DriveOptions(orders, failure_rate, concurrency, seed, timeout, pace)
+    shot = Shot(screenshot, screenshot_at) if screenshot else None
+    result = asyncio.run(_run(options, backend, url, api_key, workdir, shot))
     console.print(summary_table(result))
     for line in invariant_lines(result):
         console.print(line, highlight=False)
     if as_json:
         print(orjson.dumps(summary_json(result)).decode())
+    if shot:
+        console.print(f"dashboard screenshot written to {shot.path}", highlight=False)
     if not result.ok:
         raise typer.Exit(code=1)
 
 
 class DriveOptions:
-    def __init__(self, orders: int, failure_rate: float, concurrency: int, seed: int | None, timeout: float):
+    def __init__(
+        self,
+        orders: int,
+        failure_rate: float,
+        concurrency: int,
+        seed: int | None,
+        timeout: float,
+        pace: float | None = None,
+    ):
         self.orders = orders
         self.failure_rate = failure_rate
         self.concurrency = concurrency
         self.seed = seed
         self.timeout = timeout
+        self.pace = pace
+
+
+@dataclass(frozen=True)
+class Shot:
+    """Where to write the dashboard screenshot, and when (fraction of the orders settled)."""
+
+    path: Path
+    at: float
 
 
 async def _run(
-    options: DriveOptions, backend: str, url: str | None, api_key: str | None, workdir: Path | None
+    options: DriveOptions,
+    backend: str,
+    url: str | None,
+    api_key: str | None,
+    workdir: Path | None,
+    shot: Shot | None = None,
 ) -> DemoResult:
     from strowger.demo.drive import DemoDriver
 
     async with _target(backend, url, api_key, workdir) as (client, probe):
         driver = DemoDriver(
-            client, probe=probe, concurrency=options.concurrency, seed=options.seed, timeout=options.timeout
+            client,
+            probe=probe,
+            concurrency=options.concurrency,
+            seed=options.seed,
+            timeout=options.timeout,
+            pace=options.pace,
         )
-        with _progress() as (_bar, callback):
-            return await driver.run(options.orders, options.failure_rate, callback)
+        if shot is None:
+            with _progress() as (_bar, callback):
+                return await driver.run(options.orders, options.failure_rate, callback)
+        return await _run_filmed(driver, options, client, shot)
+
+
+async def _run_filmed(
+    driver: DemoDriver, options: DriveOptions, client: httpx.AsyncClient, shot: Shot
+) -> DemoResult:
+    """The run with the dashboard open in a headless browser, shot once ``shot.at`` has settled."""
+    from strowger.demo.screenshot import DashboardCamera, ScreenshotUnavailable
+
+    key = str(client.headers.get("X-API-Key", ""))
+    try:
+        async with DashboardCamera(str(client.base_url), key, shot.path, at=shot.at) as camera:
+            shooting = asyncio.create_task(camera.shoot_when_due(), name="dashboard-screenshot")
+            try:
+                with _progress() as (_bar, callback):
+
+                    def both(submitted: int, settled: int, total: int) -> None:
+                        callback(submitted, settled, total)
+                        camera.progress(submitted, settled, total)
+
+                    result = await driver.run(options.orders, options.failure_rate, both)
+                if camera.due:
+                    await shooting  # a shot under way is finished; a failed one surfaces
+            finally:
+                if not shooting.done():
+                    shooting.cancel()  # never due: the camera shoots the end state on exit
+            return result
+    except ScreenshotUnavailable as error:
+        raise typer.BadParameter(str(error), param_hint="--screenshot") from error
 
 
 @asynccontextmanager

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from strowger.errors import NotFound
@@ -22,7 +22,7 @@ from strowger.events.topics import SYSTEM_EVENTS
 from strowger.saga import model
 from strowger.saga.definition import SagaDefinition, SagaRegistry, StepContext
 from strowger.saga.model import Decision, NewId, Role, SagaState, SagaStatus, Send
-from strowger.saga.store import CommandRecord, SagaStore
+from strowger.saga.store import CommandRecord, SagaStore, read_time
 from strowger.store.db import Transaction
 from strowger.store.outbox import Outbox
 
@@ -51,6 +51,24 @@ class OutboxSink:
         await self._outbox.add(tx, [encode(envelope, topic)])
 
 
+class SagaObserver(Protocol):
+    """Told what sagas did, once the transaction that did it has committed (metrics, in ops/).
+
+    Called on the event loop: an observer must be quick and must not raise.
+    """
+
+    def step_replied(
+        self, state: SagaState, step: str, role: Role, latency: timedelta, reply: Envelope
+    ) -> None:
+        """``reply`` was applied; ``latency`` runs from its command's send to the reply's handling."""
+
+    def compensation_started(self, state: SagaState) -> None:
+        """The saga began to compensate (``state.reason`` says why)."""
+
+    def saga_finished(self, state: SagaState) -> None:
+        """The saga reached a terminal status (``state.finished_at`` is set)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ReplyResult:
     """What :meth:`SagaEngine.handle_reply` did with a reply."""
@@ -58,6 +76,7 @@ class ReplyResult:
     applied: bool
     saga_id: str = ""
     reason: str = ""  # why it was ignored (unknown command, duplicate, late, unexpected type)
+    state: SagaState | None = None  # the saga as saved, when the reply was applied
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +108,7 @@ class SagaEngine:
         producer: str = "strowger.saga",
         system_topic: str = SYSTEM_EVENTS.name,
         tick_limit: int = 100,
+        observer: SagaObserver | None = None,
     ) -> None:
         self.registry = registry
         self.sink = sink
@@ -98,6 +118,7 @@ class SagaEngine:
         self.producer = producer
         self.system_topic = system_topic
         self.tick_limit = tick_limit
+        self.observer = observer
 
     # --- public API ------------------------------------------------------------------------------
 
@@ -176,8 +197,13 @@ class SagaEngine:
         if decision.ignored:
             await self._log_ignored(tx, state, record, f"{reply.event_type} ignored: {decision.ignored}")
             return ReplyResult(False, state.saga_id, decision.ignored)
-        await self._apply(tx, definition, state, decision, reply)
-        return ReplyResult(True, state.saga_id)
+        after = await self._apply(tx, definition, state, decision, reply)
+        sent_at = await self._sent_at(tx, state, record, call.timeout) if self.observer else None
+        if self.observer is not None and sent_at is not None:
+            latency = max(self.clock() - sent_at, timedelta(0))
+            name, observer = definition.steps[record.step].name, self.observer
+            tx.on_commit(lambda: observer.step_replied(after, name, record.role, latency, reply))
+        return ReplyResult(True, state.saga_id, state=after)
 
     async def cancel(
         self, tx: Transaction, saga_id: str, reason: str, *, cause: Envelope | None = None
@@ -257,12 +283,39 @@ class SagaEngine:
         for send in decision.sends:
             await self._send(tx, definition, state, send, cause, now)
         was = before.status if before else None
+        self._observe(tx, was, state)
         if state.status is SagaStatus.QUARANTINED and was is not SagaStatus.QUARANTINED:
             await self._emit_system(tx, SAGA_QUARANTINED, state, state.reason)
             log.error("saga %s quarantined: %s", state.saga_id, state.reason)
         if state.status.terminal and (was is None or not was.terminal):
             await self._finish(tx, definition, state, cause)
         return state
+
+    async def _sent_at(
+        self, tx: Transaction, state: SagaState, record: CommandRecord, timeout: timedelta
+    ) -> datetime | None:
+        """When the command a reply answers was sent, for the step latency metric.
+
+        The awaited command's reply deadline is its send time + timeout, so the usual reply costs
+        no query; the reply to an earlier attempt (late, after a retry) reads its send time.
+        """
+        step = state.steps[record.step]
+        awaited = step.status in (model.StepStatus.IN_FLIGHT, model.StepStatus.COMPENSATING)
+        if awaited and step.command_id == record.command_id and step.deadline is not None:
+            return step.deadline - timeout
+        row = await tx.fetchone(
+            "SELECT sent_at FROM saga_commands WHERE command_id = ?", (record.command_id,)
+        )
+        return read_time(row[0]) if row else None
+
+    def _observe(self, tx: Transaction, was: SagaStatus | None, state: SagaState) -> None:
+        observer = self.observer
+        if observer is None or state.status is was:
+            return
+        if state.status is SagaStatus.COMPENSATING and was in (SagaStatus.RUNNING, SagaStatus.QUEUED):
+            tx.on_commit(lambda: observer.compensation_started(state))
+        if state.status.terminal and (was is None or not was.terminal):
+            tx.on_commit(lambda: observer.saga_finished(state))
 
     async def _send(
         self,

@@ -115,12 +115,21 @@ def fulfilment_data(
     return {
         "serviceOrderId": service_order_id,
         "productOrderId": order_id,
+        "orderType": order_type(product_order),
         "customerId": customer_of(product_order),
         "products": list(dict.fromkeys(products)),
         "services": services,
         "resources": resources,
         "steps": steps,
     }
+
+
+def order_type(order: Data) -> str:
+    """The order's item actions, e.g. ``add`` or ``add+delete`` (saga duration metrics are per order type)."""
+    actions = {
+        str(item.get("action", "")) for item in order.get("productOrderItem", ()) if isinstance(item, Mapping)
+    }
+    return "+".join(sorted(action for action in actions if action)) or "none"
 
 
 def customer_of(order: Data) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
 from functools import cache
 from importlib.resources import files
 from typing import Any
@@ -93,6 +94,17 @@ def dashboard_router(dashboard: Dashboard) -> APIRouter:
     async def overview() -> dict[str, Any]:
         """Everything the dashboard shows, in one document: flow map, sagas, lag, dead letters, alerts."""
         return await dashboard.snapshot()
+
+    @router.get(f"{PAGE_PATH}/api/sagas")
+    async def sagas(
+        compensation_window: float = Query(
+            900.0, alias="compensationWindow", gt=0, le=7 * 86400, description="rolling window, seconds"
+        ),
+    ) -> dict[str, Any]:
+        """Saga health: p50/p95/p99 per saga type and order type, in flight per step, stuck, the
+        compensation rate over ``compensationWindow`` with its top reasons, open and quarantined sagas."""
+        window = timedelta(seconds=compensation_window)
+        return await data.saga_health(dashboard.database, compensation_window=window)
 
     @router.get(f"{PAGE_PATH}/api/flow")
     async def flow(

@@ -28,10 +28,11 @@ from typing import Any, Protocol
 from strowger.bus.port import Bus
 from strowger.bus.runtime import ConsumerRunner
 from strowger.events.envelope import Header, format_time
+from strowger.ops.saga_metrics import ORDER_TYPE_KEY, UNSPECIFIED, reason_kind
 from strowger.saga.model import SagaStatus
-from strowger.saga.queries import SagaQueries
+from strowger.saga.queries import SagaQueries, percentile
 from strowger.saga.store import read_time, write_time
-from strowger.store.db import Database, Row
+from strowger.store.db import Database, Row, Transaction
 from strowger.store.deadletters import DeadLetterQueue
 
 log = logging.getLogger("strowger.dashboard")
@@ -209,34 +210,28 @@ def _iso(moment: datetime | None) -> str | None:
     return format_time(moment) if moment else None
 
 
-async def saga_health(database: Database, *, now: datetime | None = None, limit: int = 20) -> dict[str, Any]:
-    """Durations per type, in-flight per step, stuck, compensation rate, open sagas, quarantine."""
+DURATION_WINDOW = timedelta(hours=24)  # the durations shown are of the sagas completed in the last day
+COMPENSATION_WINDOW = timedelta(minutes=15)  # as the compensation-rate alert's default window
+TOP_REASONS = 5
+
+
+async def saga_health(
+    database: Database,
+    *,
+    now: datetime | None = None,
+    limit: int = 20,
+    compensation_window: timedelta = COMPENSATION_WINDOW,
+) -> dict[str, Any]:
+    """Durations per type and order type, in flight per step, stuck, the compensation rate over a
+    rolling window with its top reasons, open sagas, quarantine."""
     if not await _table_exists(database, "sagas"):
-        return {"types": [], "inFlight": [], "stuck": 0, "open": [], "quarantined": []}
+        return {"types": [], "durations": [], "inFlight": [], "stuck": 0, "open": [], "quarantined": []}
     moment = now or datetime.now(UTC)
     queries = SagaQueries()
     async with database.snapshot() as tx:
         started = {str(t): int(n) for t, n in await tx.fetchall(_COUNT_BY_TYPE)}
-        compensations: dict[str, int] = {}
-        for count in await queries.compensation_counts(tx):
-            compensations[count.saga_type] = compensations.get(count.saga_type, 0) + count.count
-        types = []
-        for saga_type in sorted(started):
-            stats = await queries.durations(tx, saga_type, since=moment - timedelta(hours=24))
-            compensated = compensations.get(saga_type, 0)
-            types.append(
-                {
-                    "sagaType": saga_type,
-                    "started": started[saga_type],
-                    "completed24h": stats.count,
-                    "p50": stats.p50,
-                    "p95": stats.p95,
-                    "p99": stats.p99,
-                    "max": stats.max,
-                    "compensations": compensated,
-                    "compensationRate": round(compensated / started[saga_type], 4),
-                }
-            )
+        completed = await _completed_durations(tx, database.kind, moment - DURATION_WINDOW)
+        windows = await _compensation_windows(tx, moment - compensation_window)
         in_flight = [
             {"sagaType": c.saga_type, "status": c.saga_status, "step": c.step, "stepStatus": c.step_status,
              "count": c.count}
@@ -245,8 +240,27 @@ async def saga_health(database: Database, *, now: datetime | None = None, limit:
         stuck = await tx.fetchone(_STUCK, (write_time(moment), *_OPEN_VALUES))
         open_rows = await tx.fetchall(_OPEN_SAGAS, (*_OPEN_VALUES, limit))
         quarantined = [_quarantine_json(report) for report in await queries.quarantined(tx, limit=limit)]
+    types = []
+    for saga_type in sorted(started):
+        durations = sorted(
+            seconds for (kind, _), values in completed.items() if kind == saga_type for seconds in values
+        )
+        window = windows.get(saga_type, CompensationWindowFigures())
+        types.append(
+            {
+                "sagaType": saga_type,
+                "started": started[saga_type],
+                **_percentiles(durations),
+                "compensation": window.to_json(compensation_window),
+                "compensationRate": window.rate,
+            }
+        )
     return {
         "types": types,
+        "durations": [
+            {"sagaType": saga_type, "orderType": order_type, **_percentiles(sorted(values))}
+            for (saga_type, order_type), values in sorted(completed.items())
+        ],
         "inFlight": in_flight,
         "stuck": int(stuck[0]) if stuck else 0,
         "open": [_open_saga(row, moment) for row in open_rows],
@@ -254,6 +268,108 @@ async def saga_health(database: Database, *, now: datetime | None = None, limit:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class TopReason:
+    kind: str  # e.g. "step activate failed"
+    count: int
+    example: str  # the most frequent full reason of this kind
+
+
+@dataclass(slots=True)
+class CompensationWindowFigures:
+    """Sagas of one type that ended within the window, those that ended compensated, and why."""
+
+    finished: int = 0
+    compensated: int = 0
+    reasons: list[TopReason] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return round(self.compensated / self.finished, 4) if self.finished else 0.0
+
+    def to_json(self, window: timedelta) -> dict[str, Any]:
+        return {
+            "windowSeconds": int(window.total_seconds()),
+            "finished": self.finished,
+            "compensated": self.compensated,
+            "rate": self.rate,
+            "topReasons": [
+                {"reason": top.kind, "count": top.count, "example": top.example} for top in self.reasons
+            ],
+        }
+
+
+def _percentiles(ordered: Sequence[float]) -> dict[str, Any]:
+    return {
+        "completed24h": len(ordered),
+        "p50": percentile(ordered, 0.50),
+        "p95": percentile(ordered, 0.95),
+        "p99": percentile(ordered, 0.99),
+        "max": ordered[-1] if ordered else 0.0,
+    }
+
+
+def _order_type_expression(kind: str) -> str:
+    """SQL reading a saga's order type (its data's ``orderType``) for the per-order-type durations."""
+    if kind == "postgresql":
+        return f"(data ->> '{ORDER_TYPE_KEY}')"
+    return f"json_extract(data, '$.{ORDER_TYPE_KEY}')"
+
+
+async def _completed_durations(
+    tx: Transaction, kind: str, since: datetime
+) -> dict[tuple[str, str], list[float]]:
+    """Seconds from start to end of each saga completed since ``since``, by (type, order type)."""
+    rows = await tx.fetchall(
+        f"SELECT saga_type, {_order_type_expression(kind)}, started_at, finished_at FROM sagas "  # noqa: S608 (constant expression)
+        "WHERE status = ? AND finished_at >= ?",
+        (SagaStatus.COMPLETED.value, write_time(since)),
+    )
+    found: dict[tuple[str, str], list[float]] = {}
+    for saga_type, order_type, started, finished in rows:
+        start, end = read_time(started), read_time(finished)
+        if start is not None and end is not None:
+            key = (str(saga_type), str(order_type or UNSPECIFIED))
+            found.setdefault(key, []).append((end - start).total_seconds())
+    return found
+
+
+async def _compensation_windows(tx: Transaction, since: datetime) -> dict[str, CompensationWindowFigures]:
+    """Per saga type: sagas ended since ``since``, those that ended compensated, and the top reasons
+    they began to compensate (from their transition log)."""
+    figures: dict[str, CompensationWindowFigures] = {}
+    for saga_type, status, count in await tx.fetchall(_ENDED_SINCE, (write_time(since),)):
+        entry = figures.setdefault(str(saga_type), CompensationWindowFigures())
+        entry.finished += int(count)
+        if status in _COMPENSATED:
+            entry.compensated += int(count)
+    # Reasons carry ids and details ("step activate failed: port 7 down"): they are counted by kind
+    # (the text before the colon, as the metric's label), each shown with its most frequent text.
+    kinds: dict[tuple[str, str], list[Any]] = {}
+    for saga_type, reason, count in await tx.fetchall(
+        _REASONS_SINCE, (write_time(since), *_COMPENSATED, *_REASON_VALUES)
+    ):
+        tally = kinds.setdefault((str(saga_type), reason_kind(str(reason))), [0, str(reason)])
+        tally[0] += int(count)
+    ranked = sorted(kinds.items(), key=lambda item: (item[0][0], -item[1][0], item[0][1]))
+    for (saga_type, kind), (total, example) in ranked:
+        entry = figures.setdefault(saga_type, CompensationWindowFigures())
+        if len(entry.reasons) < TOP_REASONS:
+            entry.reasons.append(TopReason(kind, int(total), str(example)))
+    return figures
+
+
+_COMPENSATED = (SagaStatus.FAILED.value, SagaStatus.CANCELLED.value)
+_ENDED_SINCE = (
+    "SELECT saga_type, status, COUNT(*) FROM sagas WHERE finished_at >= ? GROUP BY saga_type, status"
+)
+_REASON_VALUES = (SagaStatus.COMPENSATING.value, SagaStatus.RUNNING.value)
+_REASONS_SINCE = (  # through the sagas that ended in the window: saga_log has no index on time
+    "SELECT s.saga_type, l.reason, COUNT(*) FROM sagas s JOIN saga_log l ON l.saga_id = s.saga_id "
+    "WHERE s.finished_at >= ? AND s.status IN (?, ?) "
+    "AND l.step = '' AND l.after_status = ? AND l.before_status = ? "
+    "GROUP BY s.saga_type, l.reason ORDER BY COUNT(*) DESC, l.reason"
+)
 _OPEN_VALUES = tuple(status.value for status in OPEN_SAGA_STATUSES)
 _COUNT_BY_TYPE = "SELECT saga_type, COUNT(*) FROM sagas GROUP BY saga_type"
 _STUCK = "SELECT COUNT(*) FROM sagas WHERE stale_at IS NOT NULL AND stale_at <= ? AND status IN (?, ?, ?, ?)"

@@ -132,20 +132,32 @@
         position[node.id] = { x: x[role], y, w: boxWidth[role] };
       });
     }
+    // Rates are labelled on live edges only, busiest first, and a label that would cover another is
+    // left out (its edge keeps the rate as a tooltip): many edges meet at one topic.
+    const labels = [], placed = [];
     for (const edge of flow.edges) {
       const a = position[edge.source], b = position[edge.target];
       if (!a || !b) continue;
       const x1 = a.x + a.w, y1 = a.y + 9, x2 = b.x, y2 = b.y + 9, mid = (x1 + x2) / 2;
       const live = edge.rate > 0;
       const strokeWidth = live ? Math.min(1.5 + Math.log10(1 + edge.rate) * 2.5, 7) : 1;
-      children.push(svg("path", {
+      const path = svg("path", {
         d: `M${x1},${y1} C${mid},${y1} ${mid},${y2} ${x2},${y2}`,
         class: "edge" + (live ? " live" : ""), "stroke-width": strokeWidth,
         "data-source": edge.source, "data-target": edge.target,
-      }));
-      if (edge.rate != null) {
-        children.push(svg("text", { x: mid - 10, y: (y1 + y2) / 2 - 2, class: "rate" }, rate(edge.rate) + "/s"));
-      }
+      });
+      const shown = edge.rate == null ? "rate not attributable" : rate(edge.rate) + " events/s";
+      path.append(svg("title", {}, `${edge.source.split(":")[1]} → ${edge.target.split(":")[1]}: ${shown}`));
+      children.push(path);
+      if (live) labels.push({ rate: edge.rate, x: mid, y: (y1 + y2) / 2 });
+    }
+    labels.sort((p, q) => q.rate - p.rate);
+    for (const label of labels) {
+      const text = rate(label.rate) + "/s", w = text.length * 5.2, h = 10;
+      const box = { x: label.x - w / 2, y: label.y - h, w, h };
+      if (placed.some((o) => box.x < o.x + o.w && o.x < box.x + box.w && box.y < o.y + o.h && o.y < box.y + box.h)) continue;
+      placed.push(box);
+      children.push(svg("text", { x: box.x, y: label.y - 2, class: "rate" }, text));
     }
     for (const node of flow.nodes) {
       const p = position[node.id];
@@ -227,13 +239,26 @@
   function drawSagas(sagas) {
     if (sagas.error) return fill($("saga-types"), [el("tr", {}, td(sagas.error, "error"))]);
     $("saga-summary").textContent = `· ${sumCounts(sagas.inFlight)} in flight · ${sagas.stuck} stuck`;
-    fill($("saga-types"), sagas.types.length ? sagas.types.map((t) => el("tr", {},
-      td(t.sagaType), td(t.started, "num"), td(seconds(t.p50), "num"), td(seconds(t.p95), "num"),
-      td(seconds(t.p99), "num"), td((t.compensationRate * 100).toFixed(1) + " %", "num"))) :
+    // One row per (saga type, order type) completed in the last 24 h; a type with none yet shows dashes.
+    const timed = new Set((sagas.durations || []).map((d) => d.sagaType));
+    const rows = [...(sagas.durations || []), ...sagas.types.filter((t) => !timed.has(t.sagaType))];
+    fill($("saga-types"), rows.length ? rows.map((d) => el("tr", { "data-saga-type": d.sagaType },
+      td(d.sagaType), td(d.orderType || "–"), td(d.completed24h, "num"),
+      ...["p50", "p95", "p99"].map((p) => td(d.completed24h ? seconds(d[p]) : "–", "num")))) :
       [el("tr", {}, el("td", { colspan: 6, class: "empty" }, "no saga has run yet"))]);
+    fill($("compensation"), sagas.types.map((t) => {
+      const c = t.compensation;
+      const hot = c.rate > 0.05;
+      return el("div", { class: "compensation" + (hot ? " hot" : ""), "data-saga-type": t.sagaType },
+        el("div", {}, el("b", {}, t.sagaType), ` compensated ${c.compensated} of ${c.finished} ended in ${Math.round(c.windowSeconds / 60)} min · `,
+          el("b", { class: hot ? "error" : "" }, (c.rate * 100).toFixed(1) + " %")),
+        ...c.topReasons.map((r) => el("div", { class: "reason", title: r.example },
+          el("span", { class: "num" }, r.count + "×"), " ", el("span", { class: "kind" }, r.reason),
+          r.example !== r.reason ? " · " + r.example.slice(r.reason.length).replace(/^:\s*/, "") : "")));
+    }));
     fill($("open-sagas"), sagas.open.length ? sagas.open.map((s) => el("tr", { "data-saga": s.sagaId },
-      el("td", { title: s.sagaId }, short(s.sagaId)), td(s.sagaType), td(s.status),
-      td(s.step + " (" + s.stepStatus + ")"), td(seconds(s.ageSeconds), "num"),
+      el("td", { title: s.sagaId }, short(s.sagaId)), el("td", { title: s.sagaType }, s.sagaType), td(s.status),
+      el("td", { title: "step status: " + s.stepStatus }, s.step), td(seconds(s.ageSeconds), "num"),
       el("td", { class: "actions" }, sagaButtons(s.sagaId, s.status === "running" ? ["retry", "skip", "compensate"] : [])))) :
       [el("tr", {}, el("td", { colspan: 6, class: "empty" }, "none"))]);
     const count = $("quarantine-count");
