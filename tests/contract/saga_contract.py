@@ -28,6 +28,7 @@ from strowger.saga import (
     SagaRegistry,
     SagaState,
     SagaStatus,
+    SagaStore,
     Step,
     StepContext,
     StepStatus,
@@ -110,7 +111,8 @@ class Harness:
 
     def new_engine(self) -> SagaEngine:
         """Another orchestrator process on the same database (after a crash)."""
-        return SagaEngine(SagaRegistry([TOY]), self.sink, clock=self.clock)
+        store = SagaStore(row_locks=self.engine.store.row_locks)
+        return SagaEngine(SagaRegistry([TOY]), self.sink, store=store, clock=self.clock)
 
     async def start(self, saga_id: str = "saga-1", service: str = "svc-1") -> SagaState:
         async with self.database.transaction() as tx:
@@ -153,10 +155,16 @@ class SagaContract:
         raise NotImplementedError
 
     @pytest.fixture
-    async def harness(self, database: Database) -> Harness:
+    def row_locks(self) -> bool:
+        """Whether the backend orders its saga row locks (``SagaStore(row_locks=...)``)."""
+        return False
+
+    @pytest.fixture
+    async def harness(self, database: Database, row_locks: bool) -> Harness:
         await database.create_tables(SAGA_TABLES)
         sink, clock = FakeSink(), Clock()
-        return Harness(database, sink, clock, SagaEngine(SagaRegistry([TOY]), sink, clock=clock))
+        store = SagaStore(row_locks=row_locks)
+        return Harness(database, sink, clock, SagaEngine(SagaRegistry([TOY]), sink, store=store, clock=clock))
 
     async def test_happy_path_runs_every_step_in_order(self, harness: Harness) -> None:
         state = await harness.start()
@@ -457,6 +465,20 @@ class SagaContract:
         with pytest.raises(ConcurrencyConflict):
             async with harness.database.transaction() as tx:
                 await harness.engine.store.save(tx, before, before, None)
+
+    async def test_the_sagas_a_batch_of_replies_answers_are_found_and_locked(self, harness: Harness) -> None:
+        await harness.start("saga-1", service="svc-1")
+        await harness.start("saga-2", service="svc-2")
+        reserves = [envelope for _, envelope in harness.sink.sent if envelope.event_type == "Reserve"]
+        replies = [reserve.caused("ReserveDone", {}) for reserve in reversed(reserves)]
+        causes = [reply.causation_id for reply in replies] + ["not-a-command", ""]
+        async with harness.database.transaction() as tx:
+            sagas = await harness.engine.store.sagas_of_commands(tx, causes)
+            assert sorted(sagas) == ["saga-1", "saga-2"]
+            await harness.engine.store.lock(tx, sagas)
+            for reply in replies:
+                assert (await harness.engine.handle_reply(tx, reply)).applied
+        assert harness.sink.commands().count("Activate") == 2
 
     async def test_operations_queries(self, harness: Harness) -> None:
         for index in range(3):

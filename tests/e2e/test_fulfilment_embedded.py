@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,19 @@ async def test_a_product_order_is_fulfilled_completed_and_charged(
             break
         await asyncio.sleep(0.1)
     assert net > 0
+
+
+async def test_a_service_order_is_read_as_of_a_time_over_http(client: httpx.AsyncClient) -> None:
+    await wait_for(client, await place_order(client), {"completed", "failed"})
+    listed = (await client.get("/tmf-api/serviceOrdering/v4/serviceOrder", headers=HEADERS)).json()
+    href = f"/tmf-api/serviceOrdering/v4/serviceOrder/{listed[0]['id']}"
+    now = datetime.now(UTC)
+    current = await client.get(href, params={"asOf": now.isoformat()}, headers=HEADERS)
+    assert current.status_code == 200 and current.json()["state"] == listed[0]["state"]
+    before = await client.get(href, params={"asOf": (now - timedelta(days=1)).isoformat()}, headers=HEADERS)
+    assert before.status_code == 404
+    malformed = await client.get(href, params={"asOf": "yesterday"}, headers=HEADERS)
+    assert malformed.status_code == 400 and "asOf" in malformed.text
 
 
 async def test_a_failed_activation_is_compensated_and_fails_the_product_order(

@@ -20,6 +20,9 @@ def check_phase(phase: dict[str, Any], orders: int | None = None) -> None:
     assert phase["completed"] == phase["orders"]  # no fault injected: every order completes
     assert phase["not_completed"] == 0
     assert phase["orders_per_second"] > 0
+    assert phase["cpu_ms_per_order"] > 0
+    ceiling = 1000 / phase["cpu_ms_per_order"]  # the bench rounds it to one decimal
+    assert phase["cpu_bound_orders_per_second"] == pytest.approx(ceiling, rel=0.01, abs=0.051)
     latency = phase["completion_ms"]
     assert 0 <= latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
 

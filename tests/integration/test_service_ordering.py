@@ -26,7 +26,7 @@ from strowger.components.service_ordering.service import (
     ServiceOrdering,
     service_order_id_for,
 )
-from strowger.errors import InvalidStateTransition
+from strowger.errors import InvalidStateTransition, NotFound
 from strowger.events.envelope import Category, Envelope
 from strowger.saga import SAGA_TABLES, OperatorAction, RetryPolicy, SagaEngine, SagaRegistry, SagaStatus
 from strowger.store.db import Database, Transaction
@@ -157,7 +157,7 @@ class Harness:
     async def cancel_from_com(self, order_id: str = "PO-1") -> None:
         task = {
             "id": "T-1",
-            "state": "inProgress",
+            "state": "accepted",  # what COM's CancelProductOrderCreateEvent carries (v4 TaskStateType)
             "productOrder": {"id": order_id},
             "cancellationReason": "changed mind",
         }
@@ -263,6 +263,19 @@ async def test_a_product_order_in_progress_is_fulfilled_and_completed(harness: H
     assert {e.correlation_id for _, e in harness.sink.sent} == {"corr-PO-1"}
     listed = await harness.som.list(ORDER, ResourceQuery())
     assert [item["state"] for item in listed.items] == ["completed"]
+
+
+@CORE
+async def test_a_service_order_is_read_as_of_a_past_time_by_replay(harness: Harness) -> None:
+    await harness.order_in_progress()
+    in_progress_at = datetime.now(UTC)  # the store stamps events with the real clock, not the fake one
+    await harness.run()
+    order_id = service_order_id_for("PO-1")
+    assert (await harness.som.get(order_id))["state"] == "completed"
+    then = await harness.som.get(order_id, as_of=in_progress_at)
+    assert then["state"] == "inProgress" and "completionDate" not in then
+    with pytest.raises(NotFound):
+        await harness.som.get(order_id, as_of=in_progress_at - timedelta(days=1))
 
 
 async def test_commands_carry_the_contract_payloads(harness: Harness) -> None:
@@ -436,10 +449,15 @@ async def test_cancel_service_order_task_resource_cancels_the_saga(harness: Harn
         {"serviceOrder": {"id": service_order_id_for("PO-1")}, "cancellationReason": "x"}
     )
     assert task["state"] == "inProgress"
+    in_progress_at = datetime.now(UTC)  # the store's clock is the real one
     await harness.run()
     assert harness.command_types() == ["AllocateResources", "ReleaseResources"]
     assert (await harness.som.get_task(task["id"]))["state"] == "done"
     assert (await harness.service_order())["state"] == "cancelled"
+    then = await harness.som.get_task(task["id"], as_of=in_progress_at)
+    assert then["state"] == "inProgress" and then["id"] == task["id"]
+    with pytest.raises(NotFound):
+        await harness.som.get_task(task["id"], as_of=in_progress_at - timedelta(days=1))
 
 
 async def test_cancelling_a_completed_order_is_refused(harness: Harness) -> None:

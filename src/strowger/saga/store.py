@@ -172,10 +172,35 @@ _STEP_COLUMNS = (
 )
 
 
+_DUE = "SELECT saga_id FROM sagas WHERE wake_at <= ? ORDER BY wake_at LIMIT ?"
+_STALE = "SELECT saga_id FROM sagas WHERE stale_at <= ? AND stuck_reported = ? ORDER BY stale_at LIMIT ?"
+
+
 class SagaStore:
-    """Reads and writes saga rows inside the caller's transaction (owns no connection)."""
+    """Reads and writes saga rows inside the caller's transaction (owns no connection).
+
+    ``row_locks`` (PostgreSQL): transactions that change several sagas lock them first,
+    in saga id order (:meth:`lock`), and the scheduler claims due and stale sagas with
+    ``SKIP LOCKED``; without it, a batch of replies and the scheduler tick updated the
+    same ``sagas`` rows in different orders and deadlocked. SQLite has a single writer,
+    so there is nothing to order there.
+    """
+
+    def __init__(self, *, row_locks: bool = False) -> None:
+        self.row_locks = row_locks
 
     # --- instances -----------------------------------------------------------------------------
+
+    async def lock(self, tx: Transaction, saga_ids: Iterable[str]) -> None:
+        """Lock these sagas' rows until ``tx`` ends, in id order (every writer agrees on the order)."""
+        ordered = sorted(set(saga_ids))
+        if not self.row_locks or not ordered:
+            return
+        marks = ", ".join("?" * len(ordered))
+        await tx.fetchall(
+            f"SELECT saga_id FROM sagas WHERE saga_id IN ({marks}) ORDER BY saga_id FOR UPDATE",  # noqa: S608
+            tuple(ordered),
+        )
 
     async def load(self, tx: Transaction, saga_id: str) -> SagaState | None:
         row = await tx.fetchone(f"SELECT {_SAGA_COLUMNS} FROM sagas WHERE saga_id = ?", (saga_id,))  # noqa: S608
@@ -239,20 +264,22 @@ class SagaStore:
         return saved
 
     async def due(self, tx: Transaction, now: datetime, limit: int) -> list[str]:
-        """Sagas whose reply deadline or retry time has come, oldest first."""
-        rows = await tx.fetchall(
-            "SELECT saga_id FROM sagas WHERE wake_at <= ? ORDER BY wake_at LIMIT ?",
-            (write_time(now), limit),
-        )
+        """Sagas whose reply deadline or retry time has come, oldest first.
+
+        With row locks, the sagas returned are locked for ``tx``; one another transaction
+        is changing (a reply being applied) is skipped: the next pass sees it again.
+        """
+        rows = await tx.fetchall(_DUE + self._claim, (write_time(now), limit))
         return [str(row[0]) for row in rows]
 
     async def stale(self, tx: Transaction, now: datetime, limit: int) -> list[str]:
-        """Sagas with no transition for too long that have not been reported yet."""
-        rows = await tx.fetchall(
-            "SELECT saga_id FROM sagas WHERE stale_at <= ? AND stuck_reported = ? ORDER BY stale_at LIMIT ?",
-            (write_time(now), False, limit),
-        )
+        """Sagas with no transition for too long that have not been reported yet (claimed as :meth:`due`)."""
+        rows = await tx.fetchall(_STALE + self._claim, (write_time(now), False, limit))
         return [str(row[0]) for row in rows]
+
+    @property
+    def _claim(self) -> str:
+        return " FOR UPDATE SKIP LOCKED" if self.row_locks else ""
 
     async def mark_stuck_reported(self, tx: Transaction, saga_id: str) -> None:
         await tx.execute("UPDATE sagas SET stuck_reported = ? WHERE saga_id = ?", (True, saga_id))
@@ -276,6 +303,18 @@ class SagaStore:
                 write_time(now),
             ),
         )
+
+    async def sagas_of_commands(self, tx: Transaction, command_ids: Sequence[str]) -> list[str]:
+        """The sagas that sent any of ``command_ids`` (replies name their command as causation id)."""
+        wanted = list(dict.fromkeys(command_id for command_id in command_ids if command_id))
+        if not wanted:
+            return []
+        marks = ", ".join("?" * len(wanted))
+        rows = await tx.fetchall(
+            f"SELECT DISTINCT saga_id FROM saga_commands WHERE command_id IN ({marks})",  # noqa: S608
+            tuple(wanted),
+        )
+        return [str(row[0]) for row in rows]
 
     async def find_command(self, tx: Transaction, command_id: str) -> CommandRecord | None:
         row = await tx.fetchone(

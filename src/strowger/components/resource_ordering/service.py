@@ -2,7 +2,10 @@
 
 Everything happens in the caller's transaction (the consumer's unit of work):
 the resource order, its TMF652 events (outbox), the pool claims and the reply
-commit together or not at all.
+commit together or not at all. So no one can ever see an order between
+``acknowledged`` and its final state: it is written once, final
+(``completed``, ``failed``), with one ``ResourceOrderCreateEvent``, instead of
+an insert and three updates that nobody could observe.
 
 Idempotency, so a redelivered or retried command (same ``requestId``, new
 command id) never allocates twice nor leaks:
@@ -125,20 +128,19 @@ class ResourceOrdering:
         recorded = await self.orders.get(tx, order_id)
         if recorded is not None:  # a redelivery or a retry of the saga: answer what was done
             return _allocation_reply(command, request_id, recorded)
-        await self.orders.upsert(tx, _new_allocation_order(order_id, command, resources))
-        await self.orders.set_state(tx, order_id, State.IN_PROGRESS.value)
+        order = _new_allocation_order(order_id, command, resources)
         await tx.execute(f"SAVEPOINT {_SAVEPOINT}")
         try:
             allocated = [await self._claim(tx, order_id, request_id, resource) for resource in resources]
         except (PoolExhausted, UnknownPool) as error:
             await tx.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")  # no half-allocated order
             await tx.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
-            order = await self._finish(tx, order_id, State.FAILED, ItemState.FAILED, {}, str(error))
-            return _allocation_reply(command, request_id, order)
-        await tx.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
-        by_ref = {item.ref: item for item in allocated if item is not None}
-        order = await self._finish(tx, order_id, State.COMPLETED, ItemState.COMPLETED, by_ref, None)
-        return _allocation_reply(command, request_id, order)
+            order = _finished(order, State.FAILED, ItemState.FAILED, {}, str(error))
+        else:
+            await tx.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
+            by_ref = {item.ref: item for item in allocated if item is not None}
+            order = _finished(order, State.COMPLETED, ItemState.COMPLETED, by_ref, None)
+        return _allocation_reply(command, request_id, await self.orders.upsert(tx, order))
 
     async def _claim(
         self, tx: Transaction, order_id: str, request_id: str, resource: ResourceRequest
@@ -149,24 +151,6 @@ class ResourceOrdering:
             tx, resource.pool_type, order_id, f"{request_id}/{resource.ref}", scope=resource.pool_scope
         )
         return Allocated(resource.ref, resource.pool_type, claimed.pool, claimed.value)
-
-    async def _finish(
-        self,
-        tx: Transaction,
-        order_id: str,
-        state: State,
-        item_state: ItemState,
-        allocated: Mapping[str, Allocated],
-        error: str | None,
-    ) -> Document:
-        order = await self.orders.get(tx, order_id)
-        assert order is not None  # created earlier in this transaction
-        items = [_finished_item(item, item_state, allocated) for item in order.get("orderItem", [])]
-        changes: dict[str, Any] = {"orderItem": items, "completionDate": format_time(utcnow())}
-        if error is not None:
-            changes["note"] = [{"id": "1", "text": error, "author": "ROM", "date": format_time(utcnow())}]
-        await self.orders.update(tx, order_id, changes)
-        return await self.orders.set_state(tx, order_id, state.value)
 
     # ReleaseResources ----------------------------------------------------------------------
 
@@ -188,8 +172,6 @@ class ResourceOrdering:
         else:
             released = await self._release_items(tx, allocation_request, allocation)
         order = await self.orders.upsert(tx, _release_order(release_id, command, allocation_id, released))
-        await self.orders.set_state(tx, release_id, State.IN_PROGRESS.value)
-        order = await self.orders.set_state(tx, release_id, State.COMPLETED.value)
         return _release_reply(command, request_id, order)
 
     async def _release_items(
@@ -228,8 +210,24 @@ def _new_allocation_order(order_id: str, command: Envelope, resources: Sequence[
         "startDate": format_time(utcnow()),
         "externalReference": _references(command),
         "orderItem": [_new_item(index, resource) for index, resource in enumerate(resources, start=1)],
-        "state": State.ACKNOWLEDGED.value,
+        "state": State.IN_PROGRESS.value,
     }
+
+
+def _finished(
+    order: Document,
+    state: State,
+    item_state: ItemState,
+    allocated: Mapping[str, Allocated],
+    error: str | None,
+) -> Document:
+    """``order`` in its final ``state``: its items too, with the values each one holds."""
+    now = format_time(utcnow())
+    items = [_finished_item(item, item_state, allocated) for item in order.get("orderItem", [])]
+    finished: Document = {**order, "orderItem": items, "completionDate": now, "state": state.value}
+    if error is not None:
+        finished["note"] = [{"id": "1", "text": error, "author": "ROM", "date": now}]
+    return finished
 
 
 def _new_item(index: int, resource: ResourceRequest) -> Document:
@@ -303,7 +301,7 @@ def _release_order(
         "completionDate": now,
         "externalReference": [*_references(command), allocation],
         "orderItem": items,
-        "state": State.ACKNOWLEDGED.value,
+        "state": State.COMPLETED.value,
     }
 
 

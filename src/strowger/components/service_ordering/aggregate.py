@@ -15,10 +15,11 @@ resource, as TMF notifications do.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
+
+import orjson
 
 from strowger.components.ordering.states import (
     CANCEL_TASK,
@@ -42,6 +43,12 @@ FINAL = frozenset(
     }
 )
 OUTCOMES = frozenset({ServiceOrderState.COMPLETED, ServiceOrderState.FAILED, ServiceOrderState.CANCELLED})
+
+
+def _copy(document: Document) -> Document:
+    """A deep copy of a JSON document; an orjson round trip is several times cheaper than deepcopy."""
+    copied: Document = orjson.loads(orjson.dumps(document))
+    return copied
 
 
 @dataclass(frozen=True)
@@ -104,7 +111,7 @@ class ServiceOrder(Aggregate):
     ) -> ServiceOrder:
         """A new order in ``acknowledged`` (items too), dated ``now``."""
         order = cls(order_id)
-        body = copy.deepcopy(document)
+        body = _copy(document)
         body.update({"id": order_id, "state": ServiceOrderState.ACKNOWLEDGED.value})
         body.setdefault("orderDate", format_time(now))
         body.setdefault("@type", "ServiceOrder")
@@ -156,7 +163,7 @@ class ServiceOrder(Aggregate):
             task["requestedCancellationDate"] = requested
         self._record(ServiceOrderCancellationRequested(task=task))
         self._move(ServiceOrderState.ASSESSING_CANCELLATION, now, reason)
-        return copy.deepcopy(self.cancel_tasks[task_id])
+        return _copy(self.cancel_tasks[task_id])
 
     def conclude(self, outcome: ServiceOrderState, now: datetime, reason: str = "") -> None:
         """Record the saga's outcome (completed, failed or cancelled); no-op if already final.
@@ -191,19 +198,19 @@ class ServiceOrder(Aggregate):
         return changes
 
     def to_tmf(self) -> Document:
-        return copy.deepcopy(self.document)
+        return _copy(self.document)
 
     # -- evolution --------------------------------------------------------------------------------
 
     def apply(self, event: DomainEvent) -> None:
         match event:
             case ServiceOrderCreated(order=order, correlation_id=correlation_id):
-                self.document = copy.deepcopy(order)
+                self.document = _copy(order)
                 self.correlation_id = correlation_id
             case ServiceOrderStateChanged(state=state, at=at, reason=reason):
                 self._apply_state(ServiceOrderState(state), at, reason)
             case ServiceOrderCancellationRequested(task=task):
-                self.cancel_tasks[str(task["id"])] = copy.deepcopy(task)
+                self.cancel_tasks[str(task["id"])] = _copy(task)
             case CancelServiceOrderStateChanged(task_id=task_id, state=state, at=at):
                 task = self.cancel_tasks[task_id]
                 task["state"] = state
@@ -264,7 +271,7 @@ class ServiceOrder(Aggregate):
         self.record(event)
         task: Document | None = None
         if isinstance(event, ServiceOrderCancellationRequested):
-            task = copy.deepcopy(self.cancel_tasks[str(event.task["id"])])
+            task = _copy(self.cancel_tasks[str(event.task["id"])])
         elif isinstance(event, CancelServiceOrderStateChanged):
-            task = copy.deepcopy(self.cancel_tasks[event.task_id])
+            task = _copy(self.cancel_tasks[event.task_id])
         self._changes.append(Change(event, self.to_tmf(), task))

@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from strowger.components.ordering.api import _hub_routes as hub_routes
+from strowger.components.ordering.api import parse_as_of
 from strowger.components.service_ordering.service import ORDER, TASK, ServiceOrdering
 from strowger.errors import NotFound
 from strowger.saga import OperatorAction, SagaState
@@ -31,6 +32,12 @@ from strowger.tmf.router import read_json
 from strowger.tmf.tasks import cancelled_order, unknown_order
 
 API_NAME = "serviceOrdering"
+AS_OF_PARAMETER = {
+    "name": "asOf",
+    "in": "query",
+    "schema": {"type": "string", "format": "date-time"},
+    "description": "The resource as it was at this RFC 3339 date-time (replayed from its events)",
+}
 MAX_BODY_BYTES = 1 << 20
 
 
@@ -62,9 +69,15 @@ def _order_routes(router: APIRouter, som: ServiceOrdering) -> None:
     async def list_orders(request: Request) -> Response:
         return _page(await som.list(ORDER, parse_query(request.query_params.multi_items())))
 
-    @router.get("/serviceOrder/{id}", tags=[tag], summary="Retrieve a ServiceOrder")
+    @router.get(
+        "/serviceOrder/{id}",
+        tags=[tag],
+        summary="Retrieve a ServiceOrder, optionally asOf a time",
+        openapi_extra={"parameters": [AS_OF_PARAMETER]},
+    )
     async def get_order(id: str, request: Request) -> Response:
-        return _fields(await som.get(id), request)
+        as_of = parse_as_of(request.query_params.get("asOf"))  # 400 unless RFC 3339 with an offset
+        return _fields(await som.get(id, as_of=as_of), request)
 
 
 def _cancel_routes(router: APIRouter, som: ServiceOrdering) -> None:
@@ -84,9 +97,15 @@ def _cancel_routes(router: APIRouter, som: ServiceOrdering) -> None:
     async def list_cancels(request: Request) -> Response:
         return _page(await som.list(TASK, parse_query(request.query_params.multi_items())))
 
-    @router.get("/cancelServiceOrder/{id}", tags=[tag], summary="Retrieve a CancelServiceOrder")
+    @router.get(
+        "/cancelServiceOrder/{id}",
+        tags=[tag],
+        summary="Retrieve a CancelServiceOrder, optionally asOf a time",
+        openapi_extra={"parameters": [AS_OF_PARAMETER]},
+    )
     async def get_cancel(id: str, request: Request) -> Response:
-        return _fields(await som.get_task(id), request)
+        as_of = parse_as_of(request.query_params.get("asOf"))
+        return _fields(await som.get_task(id, as_of=as_of), request)
 
 
 # --- saga operations ----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 from strowger.bus.runtime import Consumer, UnitOfWork
 from strowger.components.contract import ORDERING_EVENTS, RESOURCE_EVENTS, SERVICE_EVENTS
@@ -30,32 +31,41 @@ ORDER_CANCELLATION = "CancelProductOrderCreateEvent"
 
 
 def product_order_consumer(som: ServiceOrdering) -> Consumer:
-    """Starts fulfilment of product orders in progress and cancels it on request."""
+    """Starts fulfilment of product orders in progress and cancels it on request.
 
-    async def handle(envelope: Envelope, uow: UnitOfWork) -> None:
-        if envelope.event_type == ORDER_STARTED:
-            await som.on_product_order(uow.tx, envelope)
-        elif envelope.event_type == ORDER_CANCELLATION:
-            await som.on_product_order_cancellation(uow.tx, envelope)
+    A batch handler: the sagas the batch cancels are locked first, in id order, so it
+    cannot deadlock with a batch of replies or the scheduler changing the same sagas.
+    """
+
+    async def handle(envelopes: Sequence[Envelope], uow: UnitOfWork) -> None:
+        await som.lock_cancelled(uow.tx, envelopes)
+        for envelope in envelopes:
+            if envelope.event_type == ORDER_STARTED:
+                await som.on_product_order(uow.tx, envelope)
+            elif envelope.event_type == ORDER_CANCELLATION:
+                await som.on_product_order_cancellation(uow.tx, envelope)
 
     return Consumer(
         name="service-ordering",
         topics=(ORDERING_EVENTS,),
-        handler=handle,
+        batch_handler=handle,
         event_types=frozenset({ORDER_STARTED, ORDER_CANCELLATION}),
     )
 
 
 def reply_consumer(som: ServiceOrdering) -> Consumer:
-    """Applies the executors' replies to the fulfilment sagas (duplicates and late replies are ignored)."""
+    """Applies the executors' replies to the fulfilment sagas (duplicates and late replies are ignored).
 
-    async def handle(envelope: Envelope, uow: UnitOfWork) -> None:
-        await som.on_reply(uow.tx, envelope)
+    A batch handler: the batch's sagas are locked first, in id order (see ``SagaStore.lock``).
+    """
+
+    async def handle(envelopes: Sequence[Envelope], uow: UnitOfWork) -> None:
+        await som.on_replies(uow.tx, envelopes)
 
     return Consumer(
         name="service-ordering-replies",
         topics=(RESOURCE_EVENTS, SERVICE_EVENTS),
-        handler=handle,
+        batch_handler=handle,
         event_types=REPLY_TYPES,
     )
 

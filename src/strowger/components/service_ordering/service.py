@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import orjson
 
 from strowger.components.decomposition import Catalog, FulfilmentPlan, decompose
-from strowger.components.ordering.states import ServiceOrderState
+from strowger.components.ordering.states import ServiceOrderState, TaskState
 from strowger.components.service_ordering.aggregate import (
     CancelServiceOrderStateChanged,
     Change,
@@ -96,6 +96,11 @@ _OUTCOMES = {
     SagaStatus.ABORTED: ServiceOrderState.FAILED,
     SagaStatus.CANCELLED: ServiceOrderState.CANCELLED,
 }
+
+
+# A cancel task still to be decided. COM creates it ``accepted`` (the v4 TaskStateType: the
+# CancelProductOrderCreateEvent carries that state); v5 spells it ``acknowledged``.
+_OPEN_CANCEL_TASK = frozenset({TaskState.ACCEPTED.value, "acknowledged", TaskState.IN_PROGRESS.value, None})
 
 
 def service_order_id_for(product_order_id: str) -> str:
@@ -175,10 +180,14 @@ class ServiceOrdering:
         await self.commit(tx, order, event)
         return order
 
+    async def lock_cancelled(self, tx: Transaction, events: Sequence[Envelope]) -> None:
+        """Lock, in id order, the sagas these events cancel (before a batch changes any of them)."""
+        await self.engine.store.lock(tx, [order_id for event in events if (order_id := _cancelled(event))])
+
     async def on_product_order_cancellation(self, tx: Transaction, event: Envelope) -> None:
         """COM asks to cancel a product order being fulfilled: cancel its service order."""
         task = event.payload.get("cancelProductOrder")
-        if not isinstance(task, Mapping) or task.get("state") not in ("acknowledged", "inProgress", None):
+        if not isinstance(task, Mapping) or task.get("state") not in _OPEN_CANCEL_TASK:
             return  # COM cancelled it alone (not yet sent to fulfilment), or already decided
         product_order = task.get("productOrder") or {}
         order_id = service_order_id_for(str(product_order.get("id", "")))
@@ -191,11 +200,17 @@ class ServiceOrdering:
             # Already final: the outcome event already told (or will tell) COM, which refuses the cancel.
             log.info("cancellation of %s not applied: %s", order_id, error)
 
+    async def on_replies(self, tx: Transaction, replies: Sequence[Envelope]) -> list[ReplyResult]:
+        """A batch of executors' replies in one transaction, their sagas locked first (in id order)."""
+        causes = [reply.causation_id for reply in replies]
+        await self.engine.store.lock(tx, await self.engine.store.sagas_of_commands(tx, causes))
+        return [await self.on_reply(tx, reply) for reply in replies]
+
     async def on_reply(self, tx: Transaction, reply: Envelope) -> ReplyResult:
         """An executor's reply: advance the saga, then the service order, in ``tx``."""
         result = await self.engine.handle_reply(tx, reply)
         if result.applied:
-            await self.sync(tx, result.saga_id, reply)
+            await self.sync(tx, result.saga_id, reply, result.state)
         return result
 
     async def tick(self, tx: Transaction, now: datetime | None = None) -> TickReport:
@@ -253,12 +268,20 @@ class ServiceOrdering:
 
     # -- keeping the service order in step ------------------------------------------------------
 
-    async def sync(self, tx: Transaction, saga_id: str, cause: Envelope | None) -> None:
-        """Make the service order reflect its saga's status (see the module docstring)."""
+    async def sync(
+        self, tx: Transaction, saga_id: str, cause: Envelope | None, saga: SagaState | None = None
+    ) -> None:
+        """Make the service order reflect its saga's status (see the module docstring).
+
+        ``saga``: its state as just saved, if the caller has it (saves reloading it).
+        """
+        saga = saga or await self.engine.get(tx, saga_id)
+        if saga.status not in _OUTCOMES:
+            return  # running or compensating: the order already shows it (no load, no write)
         order = await self._find(tx, saga_id)
         if order is None:
             return  # a saga of another type, or not SOM's
-        self._follow(order, await self.engine.get(tx, saga_id))
+        self._follow(order, saga)
         await self.commit(tx, order, cause)
 
     def _follow(self, order: ServiceOrder, saga: SagaState) -> None:
@@ -368,13 +391,15 @@ class ServiceOrdering:
         except NotFound:
             return None
 
-    async def load(self, order_id: str, *, tx: Transaction | None = None) -> ServiceOrder:
-        """The service order; NotFound if there is none."""
-        order = await self.orders.load(order_id, tx=tx)
+    async def load(
+        self, order_id: str, *, as_of: datetime | None = None, tx: Transaction | None = None
+    ) -> ServiceOrder:
+        """The service order (now, or as it was at ``as_of``, replayed); NotFound if there is none."""
+        order = await self.orders.load(order_id, as_of_time=as_of, tx=tx)
         return order
 
-    async def get(self, order_id: str) -> Document:
-        return (await self.load(order_id)).to_tmf()
+    async def get(self, order_id: str, *, as_of: datetime | None = None) -> Document:
+        return (await self.load(order_id, as_of=as_of)).to_tmf()
 
     async def list(self, kind: str, query: ResourceQuery) -> Page:
         rows = await self.database.fetchall(
@@ -382,13 +407,30 @@ class ServiceOrdering:
         )
         return apply_query((_body(row[0]) for row in rows), query)
 
-    async def get_task(self, task_id: str) -> Document:
+    async def get_task(self, task_id: str, *, as_of: datetime | None = None) -> Document:
+        """The cancelServiceOrder task (now, or as of a time: replayed from its service order's events)."""
         row = await self.database.fetchone(
-            "SELECT body FROM service_order_view WHERE kind = ? AND id = ?", (TASK, task_id)
+            "SELECT body, order_id FROM service_order_view WHERE kind = ? AND id = ?", (TASK, task_id)
         )
         if row is None:
             raise NotFound(f"no cancelServiceOrder with id {task_id!r}")
-        return _body(row[0])
+        if as_of is None:
+            return _body(row[0])
+        try:
+            then = (await self.load(str(row[1]), as_of=as_of)).cancel_tasks.get(task_id)
+        except NotFound:
+            then = None
+        if then is None:
+            raise NotFound(f"no cancelServiceOrder with id {task_id!r} at {format_time(as_of)}")
+        return then  # a fresh aggregate, replayed for this call: nobody else holds it
+
+
+def _cancelled(event: Envelope) -> str:
+    """The service order a CancelProductOrderCreateEvent names, or "" for any other event."""
+    task = event.payload.get("cancelProductOrder")
+    if not isinstance(task, Mapping) or not isinstance(task.get("productOrder"), Mapping):
+        return ""
+    return service_order_id_for(str(task["productOrder"].get("id", "")))
 
 
 def _party(party: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from strowger.components.service_ordering.consumers import (
 )
 from strowger.components.service_ordering.saga import FulfilmentTimings, fulfilment_saga
 from strowger.components.service_ordering.service import PRODUCER, VIEW_TABLES, ServiceOrdering
-from strowger.saga import SAGA_TABLES, SagaEngine, SagaRegistry
+from strowger.ops.saga_metrics import SagaMetrics
+from strowger.saga import SAGA_TABLES, SagaEngine, SagaRegistry, SagaStore
 from strowger.store.db import Transaction
 from strowger.store.eventstore import open_event_store
 from strowger.tmf.hubs import HUB_TABLES, CallbackGuard
@@ -34,7 +35,11 @@ def build_service_ordering(platform: Platform, timings: FulfilmentTimings | None
         return await read_catalog(tx, technical)
 
     sink = platform.sink(PRODUCER)
-    engine = SagaEngine(SagaRegistry([fulfilment_saga(timings)]), sink, producer=PRODUCER)
+    registry = SagaRegistry([fulfilment_saga(timings)])
+    store = SagaStore(row_locks=database.kind == "postgresql")
+    engine = SagaEngine(
+        registry, sink, store=store, producer=PRODUCER, observer=SagaMetrics(platform.metrics)
+    )
     return ServiceOrdering(database, open_event_store(database), sink, engine, catalog)
 
 
