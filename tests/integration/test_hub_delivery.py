@@ -55,6 +55,7 @@ from tests.conftest import unique
 pytestmark = pytest.mark.integration
 
 API = "productOrderingManagement"
+EVENT_TYPES = frozenset({"ProductOrderCreateEvent", "ProductOrderStateChangeEvent"})
 LOOPBACK_ONLY = CallbackGuard((ipaddress.ip_network("127.0.0.0/8"),))
 TIMEOUT = 20.0
 
@@ -162,6 +163,7 @@ class Hub:
     store: HubStore
     worker: DeliveryWorker
     runner: ConsumerRunner
+    fan_out: HubFanOut
 
     async def publish(self, *envelopes: Envelope) -> None:
         await self.bus.publish([encode(envelope, self.topic) for envelope in envelopes])
@@ -177,11 +179,16 @@ async def hub(database: Database) -> AsyncIterator[Hub]:
     await bus.ensure_topics([Topic(topic, Category.DOMAIN, partitions=3)])
     options = DeliveryOptions(timeout=2.0, backoff=(0.2, 0.3, 0.4), lease=5.0, poll_interval=0.2)
     worker = DeliveryWorker(database, LOOPBACK_ONLY, options, stranded_interval=0.5)
-    fan_out = HubFanOut([HubRoute(API, topic)], postgresql=database.kind == "postgresql", wake=worker.wake)
+    fan_out = HubFanOut(
+        [HubRoute(API, topic, EVENT_TYPES)],
+        postgresql=database.kind == "postgresql",
+        wake=worker.wake,
+        database=database,
+    )
     runner = ConsumerRunner(fan_out.consumer(backoff=(0.1,)), bus, database, fetch_timeout=0.2)
     tasks = [asyncio.create_task(runner.run()), asyncio.create_task(worker.run())]
     await wait_until(lambda: runner.started.is_set(), "the fan-out consumer to join")
-    yield Hub(bus, database, topic, HubStore(database, API), worker, runner)
+    yield Hub(bus, database, topic, HubStore(database, API), worker, runner, fan_out)
     for task in tasks:
         task.cancel()
     results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -221,6 +228,34 @@ async def test_delivers_exactly_the_filtered_events_with_signature(hub: Hub, lis
     assert {r.body for r in listener.at("/all")} == {encode(e, hub.topic).value for e in events}
     assert hub.worker.stats.delivered == 6
     assert completed.id != everything.id
+
+
+async def test_events_nobody_subscribed_to_are_skipped_before_decoding(
+    hub: Hub, listener: RealListener
+) -> None:
+    subscribed = hub.fan_out.subscribed
+    assert subscribed is not None
+    subscribed.max_age = 3600.0  # no expiry during the test: only a subscription change refreshes it
+    await subscribed.refresh()
+    before = order_event("o20", "inProgress")
+    await hub.publish(before)
+    await wait_until(lambda: hub.runner.stats.filtered >= 1, "the event skipped by type")
+    assert hub.runner.stats.applied == 0  # never decoded nor handed to the fan-out
+
+    # A subscription made in this process counts at once, without waiting for the cache to age.
+    await hub.store.add(listener.url("/late"), "eventType=ProductOrderStateChangeEvent")
+    after = order_event("o21", "completed")
+    await hub.publish(after)
+    await wait_until(lambda: len(listener.at("/late")) == 1, "the first event after subscribing")
+
+    await subscribed.refresh()
+    filtered = hub.runner.stats.filtered
+    await hub.publish(order_event("o22", "acknowledged", event_type="ProductOrderCreateEvent"))
+    await wait_until(lambda: hub.runner.stats.filtered > filtered, "a type the subscription does not name")
+    await hub.publish(final := order_event("o23", "completed", 1))
+    await wait_until(lambda: len(listener.at("/late")) == 2, "the next subscribed event")
+    received = [r.headers[EVENT_ID_HEADER.lower()] for r in listener.at("/late")]
+    assert received == [after.event_id, final.event_id]  # not o20 (before), not o22 (other type)
 
 
 async def test_outage_waits_then_delivers_in_order(hub: Hub, listener: RealListener) -> None:

@@ -354,8 +354,13 @@ async def test_cancelling_a_started_order_waits_for_fulfilment(world: World) -> 
     await load_sample_catalog(world.database)
     order = await place(world.http, full_order())
     await world.validate(order["id"])
+    before_task = datetime.now(UTC)
+    await asyncio.sleep(0.01)
     task = (await world.http.post(CANCELS, json={"productOrder": {"id": order["id"]}})).json()
     assert task["state"] == "inProgress"
+    await asyncio.sleep(0.01)
+    in_progress_at = datetime.now(UTC)
+    await asyncio.sleep(0.01)
     assert (await world.http.get(f"{ORDERS}/{order['id']}")).json()["state"] == "assessingCancellation"
 
     await world.deliver(
@@ -365,6 +370,13 @@ async def test_cancelling_a_started_order_waits_for_fulfilment(world: World) -> 
     )
     assert (await world.http.get(f"{ORDERS}/{order['id']}")).json()["state"] == "cancelled"
     assert (await world.http.get(f"{CANCELS}/{task['id']}")).json()["state"] == "done"
+    # The task as it was while fulfilment was stopping: replayed from the order's events.
+    then = await world.http.get(f"{CANCELS}/{task['id']}", params={"asOf": in_progress_at.isoformat()})
+    assert then.status_code == 200, then.text
+    assert then.json()["state"] == "inProgress" and then.json()["id"] == task["id"]
+    error(await world.http.get(f"{CANCELS}/{task['id']}", params={"asOf": before_task.isoformat()}), 404)
+    failure = error(await world.http.get(f"{CANCELS}/{task['id']}", params={"asOf": "soon"}), 400)
+    assert "asOf" in failure["message"]
 
 
 # -- validation and completion consumers ---------------------------------------------------------

@@ -60,14 +60,17 @@ def report(result: dict[str, Any], table: Table, as_json: bool) -> None:
 def bench_store(
     db: Annotated[str, typer.Option(help="sqlite or postgres")] = "sqlite",
     iterations: Annotated[int, typer.Option(min=10, help="operations per figure")] = 500,
+    rounds: Annotated[int, typer.Option(min=1, help="alternating rounds the operations are split into")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="print every figure as one JSON line last")] = False,
 ) -> None:
     """Event store: Strowger against the eventsourcing library, same database, same workload."""
     if db not in ("sqlite", "postgres"):
         raise typer.BadParameter("expected sqlite or postgres", param_hint="--db")
+    if rounds > iterations:
+        raise typer.BadParameter("at most one round per operation", param_hint="--rounds")
     from strowger.bench.store import render_table, run_store_bench
 
-    result = run_with_progress(lambda progress: run_store_bench(db, iterations, progress))
+    result = run_with_progress(lambda progress: run_store_bench(db, iterations, progress, rounds=rounds))
     report(result, render_table(result), as_json)
 
 
@@ -133,3 +136,23 @@ def bench_e2e(
 
     result = run_with_progress(lambda progress: run_e2e_bench(backend, orders, progress))
     report(result, render_e2e_table(result), as_json)
+
+
+@bench_app.command("api")
+def bench_api(
+    requests: Annotated[
+        int, typer.Option(min=10, help="measured POSTs per side (after the warm-up)")
+    ] = 10_000,
+    concurrency: Annotated[int, typer.Option(min=1, help="concurrent keep-alive clients")] = 32,
+    warm_up: Annotated[int, typer.Option(min=0, help="POSTs before measuring, per side")] = 500,
+    max_seconds: Annotated[float, typer.Option(min=1, help="a side stops early after this long")] = 60.0,
+    as_json: Annotated[bool, typer.Option("--json", help="print every figure as one JSON line last")] = False,
+) -> None:
+    """POST productOrder req/s and p50/p99 on the embedded default, beside a Starlette + SQLite floor."""
+    from strowger.bench.api import Plan as ApiPlan
+    from strowger.bench.api import render_table as render_api_table
+    from strowger.bench.api import run_api_bench
+
+    plan = ApiPlan(requests=requests, concurrency=concurrency, warm_up=warm_up, max_seconds=max_seconds)
+    result = run_with_progress(lambda progress: run_api_bench(plan, progress))
+    report(result, render_api_table(result), as_json)

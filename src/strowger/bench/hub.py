@@ -55,6 +55,7 @@ from strowger.tmf.hubs import HUB_TABLES, CallbackGuard, HubStore
 
 Progress = Callable[[str, float], None]
 API = "productOrderingManagement"
+EVENT_TYPES = frozenset({"ProductOrderCreateEvent", "ProductOrderStateChangeEvent"})
 SECRET = "bench-secret"
 HTTPX_SAMPLE = 2000  # events the httpx peer posts (the first ones)
 POSTGRES_URL = "postgresql://strowger:strowger@127.0.0.1:5432/strowger"
@@ -207,7 +208,12 @@ async def run_strowger(
     options = DeliveryOptions(max_in_flight=concurrency, per_listener=concurrency, batch_size=concurrency)
     worker = DeliveryWorker(database, guard, options)
     worker.stats.keep_latencies = True
-    fan_out = HubFanOut([HubRoute(API, topic)], postgresql=database.kind == "postgresql", wake=worker.wake)
+    fan_out = HubFanOut(  # with the database, as the platform wires it: filtered by subscribed types
+        [HubRoute(API, topic, EVENT_TYPES)],
+        postgresql=database.kind == "postgresql",
+        wake=worker.wake,
+        database=database,
+    )
     runner = ConsumerRunner(fan_out.consumer(batch_size=500), bus, database, fetch_timeout=0.1)
     started = time.perf_counter()
     tasks = [asyncio.create_task(runner.run()), asyncio.create_task(worker.run())]

@@ -17,6 +17,7 @@ are batched to an OTLP/HTTP collector (Jaeger, Tempo, the OpenTelemetry Collecto
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
@@ -45,6 +46,7 @@ TRACEPARENT = "traceparent"
 
 _propagator = TraceContextTextMapPropagator()
 _provider: TracerProvider | None = None
+_tracer: trace.Tracer | None = None  # of _provider, made once: get_tracer costs more than a span
 _exporting = False  # whether the provider has somewhere to send spans (see exporting())
 
 
@@ -76,7 +78,7 @@ def configure_tracing(
     ``exporter`` (e.g. an in-memory exporter in tests) is used as given, synchronously;
     otherwise the OTLP/HTTP exporter is used if ``otlp_endpoint`` is set.
     """
-    global _provider, _exporting
+    global _provider, _tracer, _exporting
     settings = settings or TracingSettings()
     resource = Resource.create(
         {
@@ -95,6 +97,7 @@ def configure_tracing(
     if _provider is not None:
         _provider.shutdown()
     _provider = provider
+    _tracer = None
     _exporting = processor is not None
     return provider
 
@@ -113,10 +116,11 @@ def _processor(settings: TracingSettings, exporter: SpanExporter | None) -> Span
 
 def shutdown_tracing() -> None:
     """Flush and close the exporter (at process exit)."""
-    global _provider, _exporting
+    global _provider, _tracer, _exporting
     if _provider is not None:
         _provider.shutdown()
         _provider = None
+    _tracer = None
     _exporting = False
 
 
@@ -131,10 +135,13 @@ def exporting() -> bool:
 
 def tracer() -> trace.Tracer:
     """The process's tracer; a provider without exporter is made on first use if none was configured."""
-    global _provider
+    global _provider, _tracer
     if _provider is None:
         _provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(1.0)))
-    return _provider.get_tracer(TRACER_NAME, __version__)
+        _tracer = None
+    if _tracer is None:
+        _tracer = _provider.get_tracer(TRACER_NAME, __version__)
+    return _tracer
 
 
 # Propagation ----------------------------------------------------------------------------------
@@ -164,10 +171,18 @@ def traceparent_for_publish(topic: str = "", event_type: str = "", entity_key: s
     Always a valid traceparent: outside any span the message starts a new trace.
     """
     attributes = _messaging(topic, event_type=event_type, entity_key=entity_key)
-    with tracer().start_as_current_span(
-        f"publish {topic}".strip(), kind=SpanKind.PRODUCER, attributes=attributes
-    ):
-        return current_traceparent()
+    # Started and ended without becoming the current span (nothing runs inside it): the
+    # context switch and the propagator's carrier cost more than the span itself.
+    span = tracer().start_span(f"publish {topic}".strip(), kind=SpanKind.PRODUCER, attributes=attributes)
+    span.end()
+    return format_traceparent(span.get_span_context())
+
+
+def format_traceparent(span_context: trace.SpanContext) -> str:
+    """The W3C traceparent naming ``span_context`` ("" if it is not valid), as the propagator writes it."""
+    if not span_context.is_valid:
+        return ""
+    return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
 
 
 def stamp(envelope: Envelope, topic: str) -> Envelope:
@@ -250,7 +265,7 @@ class TracingMiddleware:
             await self.app(scope, receive, send)
             return
         headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
-        correlation_id = headers.get(CORRELATION_HEADER.lower()) or str(uuid.uuid4())
+        correlation_id = accepted_correlation_id(headers.get(CORRELATION_HEADER.lower(), ""))
         token = logs.correlation_id.set(correlation_id)
         method = scope.get("method", "GET")
         attributes = {
@@ -266,6 +281,18 @@ class TracingMiddleware:
                 _name_after_route(span, scope, method)
         finally:
             logs.correlation_id.reset(token)
+
+
+_CORRELATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+def accepted_correlation_id(sent: str) -> str:
+    """The caller's correlationId if it is a plain token (≤ 128 characters), else a new one.
+
+    It travels into every event, log line and webhook of the order: anything else (a long
+    or odd value) is replaced rather than trusted.
+    """
+    return sent if _CORRELATION_ID.fullmatch(sent) else str(uuid.uuid4())
 
 
 def _responder(send: Send, span: Span, correlation_id: str) -> Send:

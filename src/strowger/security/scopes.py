@@ -174,10 +174,14 @@ class RouteTable:
         public = tuple(Rule(path, PUBLIC) for path in public_paths)
         # Overrides precede the defaults so a deployment can tighten or relax any of them.
         self.rules: tuple[Rule, ...] = (*public, *overrides, *defaults)
+        # Patterns split once, not per request (every request walks this table).
+        self._split = tuple((rule, _segments(rule.pattern)) for rule in self.rules)
 
     def requirement(self, method: str, path: str) -> Requirement:
-        for rule in self.rules:
-            if rule.matches(method, path):
+        upper = method.upper()
+        segments = _segments(path)
+        for rule, pattern in self._split:
+            if (not rule.methods or upper in rule.methods) and _segments_match(pattern, segments):
                 return rule.requirement_for(method)
         api = _tmf_api_name(path)
         if api is not None:

@@ -54,6 +54,7 @@ from strowger.errors import PermanentError, TransientError, is_transient
 from strowger.events.envelope import Envelope, Header
 from strowger.store.db import Database, Row, TableSet, Transaction
 from strowger.store.deadletters import PARKED_TABLES, Failure, ParkingLot, Status, now
+from strowger.tmf.errors import ApiError
 from strowger.tmf.hubs import (
     HUB_TABLES,
     SIGNATURE_HEADER,
@@ -64,7 +65,9 @@ from strowger.tmf.hubs import (
     UnsafeCallback,
     parse_hub_query,
     sign,
+    subscriptions_generation,
 )
+from strowger.tmf.query import Op
 from strowger.tmf.resources import TmfApi
 
 if TYPE_CHECKING:
@@ -152,8 +155,108 @@ def _compiled(query: str) -> HubQuery:
     return parse_hub_query(query)  # validated at registration; cached: parsed on every event otherwise
 
 
+class SubscribedTypes:
+    """Which event types a hub subscription may want: the fan-out's filter, applied before decoding.
+
+    Without it the fan-out decodes and records in its inbox every event of every TMF API
+    (15 per product order) to find that nobody subscribed. The answer is cached and errs
+    on the side of delivering: while the cache is unknown, older than ``max_age`` seconds,
+    or a subscription changed in this process since it was read, every type is wanted
+    (and a refresh is started). So a subscription made in this process counts at once,
+    one made by another process within ``max_age``; the fan-out itself still checks each
+    event against the subscriptions in its own transaction.
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        routes: Sequence[HubRoute],
+        *,
+        max_age: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.database = database
+        self.routes = tuple(routes)
+        self.max_age = max_age
+        self.clock = clock
+        self._wanted: frozenset[str] | None = None  # None: every type (unknown, or a route takes all)
+        self._fresh_until = float("-inf")
+        self._generation = -1
+        self._refreshing: asyncio.Task[None] | None = None
+
+    def wants(self, event_type: str) -> bool:
+        moment = self.clock()
+        if moment > self._fresh_until or self._generation != subscriptions_generation():
+            self._start_refresh()
+            return True
+        if moment > self._fresh_until - self.max_age / 2:
+            self._start_refresh()  # ahead of expiry: a steady stream never finds the cache stale
+        return self._wanted is None or event_type in self._wanted
+
+    def _start_refresh(self) -> None:
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.get_running_loop().create_task(self._refresh_quietly())
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self.refresh()
+        except Exception:  # the cache stays stale, so every type stays wanted: nothing is lost
+            log.warning("could not read the hub subscriptions; filtering nothing", exc_info=True)
+
+    async def refresh(self) -> None:
+        """Read the subscriptions again (one query; the generation is taken first, so a change
+        committed while it runs makes the next call refresh again)."""
+        generation, started = subscriptions_generation(), self.clock()
+        rows = await self.database.fetchall("SELECT api, query FROM tmf_hub_subscription")
+        self._wanted = self._types({(str(api), str(query)) for api, query in rows})
+        self._generation, self._fresh_until = generation, started + self.max_age
+
+    def _types(self, subscriptions: Iterable[tuple[str, str]]) -> frozenset[str] | None:
+        wanted: set[str] = set()
+        for api, query in subscriptions:
+            named = _event_types(query)
+            for route in self.routes:
+                if route.api != api:
+                    continue
+                if not route.event_types and named is None:
+                    return None  # a route carrying any type, to a subscriber of every type
+                carried = route.event_types if route.event_types else frozenset(named or ())
+                wanted.update(carried if named is None else carried & named)
+        return frozenset(wanted)
+
+
+def _event_types(query: str) -> frozenset[str] | None:
+    """The event types ``query`` can match (its ``eventType=`` values), or None: any type."""
+    try:
+        conditions = _compiled(query).conditions
+    except ApiError:
+        return None  # not parseable here: let the fan-out decide (it reports it)
+    named: frozenset[str] | None = None
+    for condition in conditions:
+        if condition.path == ("eventType",) and condition.op is Op.EQ:
+            values = frozenset(condition.values)
+            named = values if named is None else named & values
+    return named
+
+
+@dataclass(frozen=True, slots=True)
+class GatedConsumer(Consumer):
+    """A consumer whose event-type filter is a live predicate (:class:`SubscribedTypes`)."""
+
+    gate: Callable[[str], bool] = field(default=lambda event_type: True)
+
+    def wants(self, event_type: str) -> bool:
+        # Consumer.wants by name: zero-argument super() fails in a slots dataclass before 3.14.
+        return Consumer.wants(self, event_type) and self.gate(event_type)
+
+
 class HubFanOut:
-    """The ``hub-delivery`` consumer's handler: one queued delivery per matching subscription."""
+    """The ``hub-delivery`` consumer's handler: one queued delivery per matching subscription.
+
+    Given the ``database`` (and routes naming their event types, as the platform's do), its
+    consumer skips, before decoding them, the events of types no subscription wants
+    (:class:`SubscribedTypes`); otherwise every event reaches the handler.
+    """
 
     def __init__(
         self,
@@ -161,21 +264,36 @@ class HubFanOut:
         *,
         postgresql: bool = False,
         wake: Callable[[], None] = lambda: None,
+        database: Database | None = None,
     ) -> None:
         self.routes = tuple(routes)
         self._postgresql = postgresql  # PostgreSQL: the sequence check share-locks the rows ahead
         self._wake = wake
         self._lot = ParkingLot()
+        self.subscribed = SubscribedTypes(database, self.routes) if database is not None else None
 
     def consumer(self, *, backoff: tuple[float, ...] = (1.0, 5.0, 30.0), batch_size: int = 500) -> Consumer:
+        """The bus consumer; filtered by subscribed types when every route names the types it carries."""
         topics = tuple(sorted({route.topic for route in self.routes}))
-        return Consumer(
+        carried = frozenset(t for route in self.routes for t in route.event_types)
+        if self.subscribed is None or any(not route.event_types for route in self.routes):
+            return Consumer(
+                HUB_CONSUMER,
+                topics,
+                self,
+                retry_backoff=backoff,
+                batch_size=batch_size,
+                batch_handler=self.fan_out,
+            )
+        return GatedConsumer(
             HUB_CONSUMER,
             topics,
             self,
             retry_backoff=backoff,
             batch_size=batch_size,
             batch_handler=self.fan_out,
+            event_types=carried,  # the runtime consults wants() only for a consumer naming its types
+            gate=self.subscribed.wants,
         )
 
     async def __call__(self, envelope: Envelope, uow: UnitOfWork) -> None:
@@ -928,7 +1046,12 @@ def install(
     guard = CallbackGuard.from_settings(platform.settings.hub_allowed_networks)
     worker = DeliveryWorker(platform.database, guard, options, transport=transport)
     routes = [*(HubRoute.of(api) for api in apis), *extra_routes]
-    fan_out = HubFanOut(routes, postgresql=platform.database.kind == "postgresql", wake=worker.wake)
+    fan_out = HubFanOut(
+        routes,
+        postgresql=platform.database.kind == "postgresql",
+        wake=worker.wake,
+        database=platform.database,
+    )
     platform.add_tables(PARKED_TABLES, HUB_TABLES, HUB_DELIVERY_TABLES)
     platform.add_consumer(fan_out.consumer(backoff=platform.settings.retry_backoff))
     platform.add_task("hub-delivery:worker", worker.run)

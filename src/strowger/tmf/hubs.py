@@ -105,6 +105,19 @@ def matches(subscription: Subscription, body: Mapping[str, Any]) -> bool:
     return parse_hub_query(subscription.query).matches(body)
 
 
+_generation = 0  # bumped each time a subscription change commits in this process
+
+
+def subscriptions_generation() -> int:
+    """Changes when a subscription is added or removed in this process (caches compare it)."""
+    return _generation
+
+
+def _subscriptions_changed() -> None:
+    global _generation
+    _generation += 1
+
+
 class HubStore:
     """The subscriptions of one API (``api`` namespaces them) on the database port."""
 
@@ -130,6 +143,7 @@ class HubStore:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (self.api, subscription.id, callback, query, secret, subscription.created_at),
             )
+            tx.on_commit(_subscriptions_changed)
         return subscription
 
     async def get(self, subscription_id: str) -> Subscription | None:
@@ -157,6 +171,7 @@ class HubStore:
             changed = await tx.execute(
                 "DELETE FROM tmf_hub_subscription WHERE api = ? AND id = ?", (self.api, subscription_id)
             )
+            tx.on_commit(_subscriptions_changed)
         return changed == 1
 
 

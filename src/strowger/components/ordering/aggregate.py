@@ -13,11 +13,12 @@ replay rebuilds exactly the same document.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
+
+import orjson
 
 from strowger.components.ordering.states import (
     CANCEL_TASK,
@@ -55,6 +56,17 @@ READ_ONLY = frozenset(
 # Attributes that may still change once fulfilment has started (annotations, contact).
 LATE_WRITABLE = frozenset({"description", "note", "notificationContact", "externalId", "priority", "state"})
 NOTE_AUTHOR = "strowger"
+J = TypeVar("J")
+
+
+def json_copy(value: J) -> J:
+    """A deep copy of a JSON value (every document and event field here is one).
+
+    An orjson round trip: several times faster than ``copy.deepcopy`` on these
+    documents, and each command copies the order a few times.
+    """
+    copied: J = orjson.loads(orjson.dumps(value))
+    return copied
 
 
 class InvalidOrder(PermanentError):
@@ -223,7 +235,7 @@ class ProductOrder(Aggregate):
 
     def to_tmf(self) -> Document:
         """The productOrder resource (a copy: safe to hand out)."""
-        return copy.deepcopy(self.document)
+        return json_copy(self.document)
 
     def take_changes(self) -> list[Change]:
         """The events recorded since the last call, each with the resources right after it."""
@@ -241,7 +253,7 @@ class ProductOrder(Aggregate):
         refused = sorted((READ_ONLY | {"state"}).intersection(body) - {"@type"})
         if refused:
             raise ReadOnlyAttribute(f"{refused[0]} is set by the server", refused[0])
-        document: Document = {"id": order_id, "href": href, **copy.deepcopy(dict(body))}
+        document: Document = {"id": order_id, "href": href, **json_copy(dict(body))}
         document.setdefault("@type", "ProductOrder")
         document["orderDate"] = format_time(now)
         document["state"] = ProductOrderState.ACKNOWLEDGED.value
@@ -281,7 +293,7 @@ class ProductOrder(Aggregate):
         target = after.get("state") if "state" in fields else None
         attributes = [name for name in fields if name != "state"]
         if attributes:
-            changes = {name: copy.deepcopy(after.get(name)) for name in attributes}
+            changes = {name: json_copy(after.get(name)) for name in attributes}
             self.record(OrderAttributesChanged(changes=changes, fields=attributes))
         if target is not None:
             self._client_move(str(target), now)
@@ -334,9 +346,7 @@ class ProductOrder(Aggregate):
         task: Document = {
             "id": task_id,
             "href": href,
-            **{
-                key: copy.deepcopy(value) for key, value in body.items() if key not in ("id", "href", "state")
-            },
+            **{key: json_copy(value) for key, value in body.items() if key not in ("id", "href", "state")},
             "productOrder": {"id": self.id, "href": self.document["href"], "@referredType": "ProductOrder"},
             "state": TaskState.ACCEPTED.value,
         }
@@ -349,7 +359,7 @@ class ProductOrder(Aggregate):
             self._move_task(task_id, TaskState.IN_PROGRESS, now)
         else:
             self.confirm_cancellation(now)
-        return copy.deepcopy(self.cancel_tasks[task_id])
+        return json_copy(self.cancel_tasks[task_id])
 
     def confirm_cancellation(self, now: datetime) -> None:
         """Fulfilment stopped: order and items ``cancelled``, the open task ``done``."""
@@ -446,20 +456,20 @@ class ProductOrder(Aggregate):
         task_id = getattr(event, "task_id", None) or (
             event.task["id"] if isinstance(event, CancellationRequested) else None
         )
-        task = copy.deepcopy(self.cancel_tasks[task_id]) if task_id else None
+        task = json_copy(self.cancel_tasks[task_id]) if task_id else None
         self._changes.append(Change(event, self.to_tmf(), task))
 
     def apply(self, event: DomainEvent) -> None:
         match event:
             case OrderAccepted(order=order, correlation_id=correlation_id):
-                self.document = copy.deepcopy(order)
+                self.document = json_copy(order)
                 self.correlation_id = correlation_id
             case OrderAttributesChanged(changes=changes):
                 for name, value in changes.items():
                     if value is None:
                         self.document.pop(name, None)
                     else:
-                        self.document[name] = copy.deepcopy(value)
+                        self.document[name] = json_copy(value)
             case OrderStateChanged(state=state, at=at, reason=reason):
                 self._apply_state(state, at, reason)
             case ItemStatesChanged(states=states):
@@ -467,7 +477,7 @@ class ProductOrder(Aggregate):
                     if item["id"] in states:
                         item["state"] = states[item["id"]]
             case CancellationRequested(task=task):
-                self.cancel_tasks[task["id"]] = copy.deepcopy(task)
+                self.cancel_tasks[task["id"]] = json_copy(task)
                 self.before_cancellation = {"order": self.document["state"], "items": self.item_states()}
                 if task.get("cancellationReason"):
                     self.document["cancellationReason"] = task["cancellationReason"]
@@ -501,11 +511,11 @@ class ProductOrder(Aggregate):
         }
 
     def restore_state(self, state: Mapping[str, Any]) -> None:
-        self.document = copy.deepcopy(state["document"])
+        self.document = json_copy(state["document"])
         self.correlation_id = state["correlation_id"]
         self.deleted = state["deleted"]
-        self.before_cancellation = copy.deepcopy(state["before_cancellation"])
-        self.cancel_tasks = copy.deepcopy(state["cancel_tasks"])
+        self.before_cancellation = json_copy(state["before_cancellation"])
+        self.cancel_tasks = json_copy(state["cancel_tasks"])
 
 
 _MISSING = object()

@@ -198,12 +198,12 @@ def _cancel_routes(router: APIRouter, service: OrderingService) -> None:
     @router.get(
         "/cancelProductOrder/{id}",
         tags=[tag],
-        summary="Retrieve a CancelProductOrder",
-        openapi_extra=_get_docs("CancelProductOrder"),
+        summary="Retrieve a CancelProductOrder, optionally asOf a time",
+        openapi_extra=_get_docs("CancelProductOrder", as_of=True),
     )
     async def get_cancel(id: str, request: Request) -> Response:
         fields = request.query_params.get("fields")
-        task = await service.get_task(id)
+        task = await service.get_task(id, as_of=parse_as_of(request.query_params.get("asOf")))
         return JsonResponse(select_fields(task, parse_fields(fields) if fields is not None else None))
 
 
@@ -281,7 +281,7 @@ _AS_OF = {
     "name": "asOf",
     "in": "query",
     "schema": {"type": "string", "format": "date-time"},
-    "description": "The order as it was at this RFC 3339 date-time (replayed from its events)",
+    "description": "The resource as it was at this RFC 3339 date-time (replayed from its events)",
 }
 _PATCH_TYPES = ("application/merge-patch+json", "application/json")
 

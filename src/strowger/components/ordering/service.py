@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
+from strowger import logs
 from strowger.components.ordering.aggregate import Change, ProductOrder
 from strowger.components.ordering.notifications import TOPIC, notifications
 from strowger.components.ordering.view import VIEW_TABLES, Document, OrderView
@@ -68,10 +69,15 @@ class OrderingService:
     # -- commands -------------------------------------------------------------------
 
     async def place(self, body: dict[str, Any]) -> Document:
-        """Accept a new order (message validation only); its notifications start a new correlation."""
+        """Accept a new order (message validation only).
+
+        Its correlationId is the request's (``X-Correlation-ID``, set by the tracing middleware,
+        so a CRM's own id follows the order through every component), else a new one.
+        """
         order_id = new_id()
+        correlation_id = logs.correlation_id.get() or new_id()
         order = ProductOrder.place(
-            order_id, body, href=self.order_href(order_id), now=self.clock(), correlation_id=new_id()
+            order_id, body, href=self.order_href(order_id), now=self.clock(), correlation_id=correlation_id
         )
         async with self.database.transaction() as tx:
             await self.commit(tx, order)
@@ -140,7 +146,7 @@ class OrderingService:
         if order.deleted:
             await self.view.remove_order(tx, order.id)
             return
-        await self.view.put_order(tx, order.to_tmf(), order.version)
+        await self.view.put_order(tx, order.document, order.version)  # only serialised: no copy
         # created_at is only written by the first insert of a task (the upsert keeps it).
         created = format_time(self.clock())
         for task_id in dict.fromkeys(change.task["id"] for change in changes if change.task is not None):
@@ -166,8 +172,20 @@ class OrderingService:
     async def list_tasks(self, query: ResourceQuery) -> Page:
         return await self.view.tasks(query)
 
-    async def get_task(self, task_id: str) -> Document:
+    async def get_task(self, task_id: str, *, as_of: datetime | None = None) -> Document:
+        """The cancelProductOrder task (now, or as of a time: replayed from its order's events)."""
         task = await self.view.task(task_id)
+        if task is not None and as_of is not None:
+            task = await self._task_as_of(task, as_of)
         if task is None:
             raise NotFound(f"no cancelProductOrder with id {task_id!r}")
         return task
+
+    async def _task_as_of(self, task: Document, as_of: datetime) -> Document | None:
+        order = task.get("productOrder")
+        order_id = str(order.get("id", "")) if isinstance(order, dict) else ""
+        try:
+            then = (await self.load(order_id, as_of=as_of)).cancel_tasks.get(str(task.get("id")))
+        except NotFound:
+            return None
+        return then  # a fresh aggregate, replayed for this call: nobody else holds it
