@@ -53,10 +53,15 @@ def reply_topic(kind: CommandKind) -> str:
 
 
 def orders_of(command: Envelope) -> set[str]:
-    """The service and product orders a command is about (every contract command names one)."""
-    return {
+    """The service and product orders a command is about (every contract command names one), and
+    its correlationId: a fault can be armed for an order before the order exists (and gets an id).
+    """
+    orders = {
         str(command.payload[key]) for key in ("serviceOrderId", "productOrderId") if command.payload.get(key)
     }
+    if command.correlation_id:
+        orders.add(command.correlation_id)
+    return orders
 
 
 @dataclass

@@ -32,6 +32,8 @@ from strowger.components import contract
 from strowger.components.faults import CommandFaults
 from strowger.components.service_ordering.saga import SAGA_TYPE, FulfilmentTimings, fulfilment_saga
 from strowger.components.service_ordering.service import service_order_id_for
+from strowger.events.envelope import new_id
+from strowger.ops.tracing import CORRELATION_HEADER
 from strowger.saga import SagaDefinition
 
 ORDERS = "/tmf-api/productOrderingManagement/v4/productOrder"
@@ -90,8 +92,8 @@ class SagaUnderTest(Protocol):
 
     def variants(self) -> Sequence[str]: ...
 
-    async def start(self, client: httpx.AsyncClient, variant: str) -> tuple[str, str]:
-        """Start one instance; (saga id, business order id)."""
+    async def start(self, client: httpx.AsyncClient, variant: str, correlation_id: str) -> tuple[str, str]:
+        """Start one instance under ``correlation_id`` (its faults are armed for it); (saga id, order id)."""
         ...
 
 
@@ -113,13 +115,14 @@ class FulfilmentSaga:
     def variants(self) -> Sequence[str]:
         return self.offerings
 
-    async def start(self, client: httpx.AsyncClient, variant: str) -> tuple[str, str]:
+    async def start(self, client: httpx.AsyncClient, variant: str, correlation_id: str) -> tuple[str, str]:
         body = {
             "productOrderItem": [{"id": "1", "action": "add", "productOffering": {"id": variant}}],
             "relatedParty": [{"id": "CUST-VERIFY", "role": "Customer", "@referredType": "Individual"}],
             "billingAccount": {"id": "BA-VERIFY"},
         }
-        created = await client.post(ORDERS, json=body, headers=self.headers)
+        headers = {**self.headers, CORRELATION_HEADER: correlation_id}
+        created = await client.post(ORDERS, json=body, headers=headers)
         if created.status_code != 201:
             raise RuntimeError(f"product order refused: {created.status_code} {created.text}")
         order_id = str(created.json()["id"])
@@ -279,24 +282,27 @@ async def run_scenario(
     scenario = plan(definition, injection, timings.action_retry.max_attempts)
     outcome.expected = scenario.expected_status
     variant = injection.variant or subject.variants()[0]
+    # Faults are armed for the order's correlationId BEFORE the order is placed: armed after,
+    # a fast chain could run the faulty step first (the order id is only known once placed).
+    correlation_id = f"verify-{new_id()}"
     try:
-        outcome.saga_id, outcome.order_id = await subject.start(client, variant)
         for command, mode, times in scenario.faults:
-            await panel.arm(command, outcome.saga_id, mode=mode, times=times)
+            await panel.arm(command, correlation_id, mode=mode, times=times)
         if scenario.compensation_fault:
             # Refused (not permanently) more often than the retry policy allows: quarantine.
             await panel.arm(
-                scenario.compensation_fault, outcome.saga_id, mode="fail", times=attempts + 1, permanent=False
+                scenario.compensation_fault, correlation_id, mode="fail", times=attempts + 1, permanent=False
             )
-            await _quarantine_then_retry(client, headers, panel, outcome, deadline)
+        outcome.saga_id, outcome.order_id = await subject.start(client, variant, correlation_id)
+        if scenario.compensation_fault:
+            await _quarantine_then_retry(client, headers, panel, outcome, deadline, correlation_id)
         saga = await wait_saga(client, headers, outcome.saga_id, TERMINAL, deadline)
         outcome.status = str(saga.get("status", "missing"))
         outcome.steps = {step["name"]: step["status"] for step in saga.get("steps", ())}
     except Exception as error:  # a broken scenario is a result to report, not a crash of the matrix
         outcome.problems.append(f"scenario error: {error!r}")
     finally:
-        if outcome.saga_id:
-            await panel.clear(outcome.saga_id)
+        await panel.clear(correlation_id)
     if outcome.status != scenario.expected_status:
         outcome.problems.append(f"saga {outcome.status}, expected {scenario.expected_status}")
     if outcome.steps and outcome.steps != scenario.expected_steps:
@@ -306,7 +312,12 @@ async def run_scenario(
 
 
 async def _quarantine_then_retry(
-    client: httpx.AsyncClient, headers: dict[str, str], panel: FaultPanel, outcome: Outcome, deadline: float
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    panel: FaultPanel,
+    outcome: Outcome,
+    deadline: float,
+    correlation_id: str,
 ) -> None:
     saga = await wait_saga(client, headers, outcome.saga_id, {"quarantined", *TERMINAL}, deadline)
     if saga.get("status") != "quarantined":
@@ -318,7 +329,7 @@ async def _quarantine_then_retry(
     )
     if not saga.get("data") or not stuck.get("errors") or not saga.get("reason"):
         outcome.problems.append("quarantined without its context (data, reason, errors of the stuck step)")
-    await panel.clear(outcome.saga_id)
+    await panel.clear(correlation_id)
     answer = await client.post(
         f"/sagas/{outcome.saga_id}/retry", json={"reason": "verify: fault cleared"}, headers=headers
     )

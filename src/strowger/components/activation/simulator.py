@@ -436,9 +436,11 @@ def _deactivation(command: Envelope) -> tuple[str, str, str]:
 
 
 def _orders(command: Envelope) -> list[str]:
-    return [
+    """The orders a command is about, and its correlationId (``fail_orders`` may name either)."""
+    orders = [
         str(command.payload[key]) for key in ("serviceOrderId", "productOrderId") if command.payload.get(key)
     ]
+    return [*orders, command.correlation_id] if command.correlation_id else orders
 
 
 def _text(value: Any, name: str) -> str:
