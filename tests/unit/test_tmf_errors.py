@@ -6,7 +6,7 @@ import httpx
 import pytest
 from fastapi import APIRouter, FastAPI, HTTPException
 
-from strowger.errors import ConcurrencyConflict
+from strowger.errors import ConcurrencyConflict, ServiceUnavailable
 from strowger.tmf.errors import BadRequest, Conflict, TmfRoute, as_api_error, error_body
 from strowger.tmf.resources import Lifecycle, schema_validator
 
@@ -62,6 +62,14 @@ def test_domain_errors_map_to_http_statuses() -> None:
         "status": "404",
         "@type": "Error",
     }
+
+
+def test_an_unreachable_database_is_a_503_to_retry_not_a_500() -> None:
+    error = as_api_error(
+        ServiceUnavailable("PostgreSQL: terminating connection due to administrator command")
+    )
+    assert (error.status, error.code) == (503, "serviceUnavailable")
+    assert "PostgreSQL" not in error.message  # the client learns to retry, not our topology
 
 
 def test_lifecycle_moves() -> None:

@@ -29,6 +29,7 @@ from strowger.errors import (
     NotFound,
     PermanentError,
     SchemaViolation,
+    ServiceUnavailable,
     StrowgerError,
 )
 
@@ -101,6 +102,14 @@ class UnsupportedMediaType(ApiError):
     reason = "Unsupported content type"
 
 
+class Unavailable(ApiError):
+    """The database or broker is out of reach for a moment: the client should retry (not a 500)."""
+
+    status = 503
+    code = "serviceUnavailable"
+    reason = "Service temporarily unavailable"
+
+
 def error_body(status: int, code: str, reason: str, message: str) -> dict[str, Any]:
     """The TMF Error resource."""
     return {"code": code, "reason": reason, "message": message, "status": str(status), "@type": "Error"}
@@ -128,6 +137,9 @@ def as_api_error(exc: Exception) -> ApiError:
         # The resource this request would publish breaks its TMF event schema: a field the
         # specification requires is missing or malformed in the request (the message names it).
         return BadRequest(str(exc), code="invalidBodyField")
+    if isinstance(exc, ServiceUnavailable):
+        log.warning("answering 503: %s", exc)
+        return Unavailable("A backing service is unavailable for a moment; retry the request.")
     log.exception("unexpected error while serving a TMF request", exc_info=exc)
     return ApiError("The server failed to process the request; it has been logged.")
 
