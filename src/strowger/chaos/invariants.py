@@ -31,13 +31,17 @@ class RunScope:
 
 
 async def effect_checks(
-    database: Database, scope: RunScope, parked_before: int, poison: int
+    database: Database,
+    scope: RunScope,
+    parked_before: int,
+    poison: Sequence[str],
+    readers: tuple[frozenset[str], frozenset[str]],
 ) -> list[Invariant]:
     return [
         await charges_once(database, scope),
         await notifications_once(database, scope),
         await analytics_once(database, scope),
-        await dead_letters(database, parked_before, poison),
+        await dead_letters(database, parked_before, poison, readers),
     ]
 
 
@@ -68,7 +72,7 @@ async def charges_once(database: Database, scope: RunScope) -> Invariant:
     """One charge row per (item, price) of every completed order; none for the others."""
     rows = await _counts(
         database,
-        "SELECT order_id, COUNT(*) FROM billing_charge WHERE kind = 'charge' AND order_id IN ({ids}) "
+        "SELECT order_id, COUNT(*) FROM billing_charge WHERE entry = 'charge' AND order_id IN ({ids}) "
         "GROUP BY order_id",
         scope.ids,
     )
@@ -128,15 +132,34 @@ async def last_parked_id(database: Database) -> int:
     return int(row[0]) if row else 0
 
 
-async def dead_letters(database: Database, parked_before: int, poison: int) -> Invariant:
-    """Only the injected poison messages reached the dead-letter queue (one per consuming group)."""
+async def dead_letters(
+    database: Database,
+    parked_before: int,
+    poison: Sequence[str],
+    readers: tuple[frozenset[str], frozenset[str]],
+) -> Invariant:
+    """The dead-letter queue holds the injected poison once per group reading it, and nothing else.
+
+    ``readers``: the groups that must dead-letter each poison message, and those that may.
+    """
+    required, allowed = readers
     rows = await database.fetchall(
-        "SELECT error_type, COUNT(*) FROM parked WHERE id > ? GROUP BY error_type", (parked_before,)
+        "SELECT consumer, event_id, status, error_type FROM parked WHERE id > ?", (parked_before,)
     )
-    by_type = {str(error_type): int(count) for error_type, count in rows}
-    parked = sum(by_type.values())
-    malformed = by_type.get("MalformedMessage", 0)
-    unexpected = parked - malformed
-    ok = unexpected == 0 and (malformed > 0) == (poison > 0)
-    detail = f"{parked} dead letters: {malformed} malformed (poison injected: {poison}), {unexpected} others"
+    poisoned = Counter(
+        (str(consumer), str(event_id))
+        for consumer, event_id, status, error_type in rows
+        if event_id in poison and status == "dead" and error_type == "MalformedMessage"
+    )
+    others = [row for row in rows if row[1] not in poison]
+    groups = {group for group, _ in poisoned}
+    each_once = max(poisoned.values(), default=1) == 1
+    complete = all((group, event_id) in poisoned for group in required for event_id in poison)
+    ok = complete and groups <= allowed and each_once and not others
+    detail = (
+        f"{sum(poisoned.values())} poison dead letters from {len(groups)} groups "
+        f"({len(poison)} injected; {len(required)} groups must, {len(allowed)} may), {len(others)} others"
+    )
+    if others:
+        detail += f", e.g. {others[0][0]}: {others[0][3]} ({others[0][2]})"
     return Invariant("dead letters are exactly the injected poison", ok, detail)

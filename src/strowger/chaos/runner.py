@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -21,6 +23,7 @@ import httpx
 
 from strowger.chaos import faults
 from strowger.chaos.invariants import RunScope, effect_checks, last_parked_id
+from strowger.chaos.webhook import WebhookListener, listener_once, subscribe, unsubscribe
 from strowger.cluster.plan import plan_cluster
 from strowger.cluster.routing import ClusterTransport
 from strowger.cluster.supervisor import Cluster
@@ -28,6 +31,7 @@ from strowger.demo.drive import DemoDriver, DemoResult, Invariant, LocalProbe, O
 from strowger.errors import ServiceUnavailable
 from strowger.store.db import Database, open_database
 
+log = logging.getLogger("strowger.chaos")
 SETTLE_TIMEOUT = 90.0  # seconds for billing/releases to catch up once the fault has ended
 
 
@@ -37,6 +41,9 @@ class Scenario:
     summary: str
     faults: tuple[faults.Fault, ...]
     needs_bus: str | None = None  # runs only on this bus; skipped (with the reason) otherwise
+    restarts: str | None = None  # the service it stops: on shared services only when allowed
+    listener: bool = False  # a webhook listener subscribed to the scenario's orders
+    full_only: str = ""  # why the reduced (CI) size leaves it out of 'all'; runs with --full or by name
 
 
 SCENARIOS: Mapping[str, Scenario] = {
@@ -49,26 +56,52 @@ SCENARIOS: Mapping[str, Scenario] = {
             (faults.kill_instances,),
         ),
         Scenario(
-            "kafka", "the Kafka broker stopped, then started again", (faults.stop_kafka,), needs_bus="kafka"
+            "kafka",
+            "the Kafka broker stopped, then started again",
+            (faults.stop_kafka,),
+            needs_bus="kafka",
+            restarts="kafka",
+            full_only="stopping, restarting and recovering the broker takes minutes here; 'mixed' has one",
         ),
         Scenario(
             "rabbitmq",
             "RabbitMQ stopped, then started again",
             (faults.restart_rabbitmq,),
             needs_bus="rabbitmq",
+            restarts="rabbitmq",
         ),
-        Scenario("postgres", "PostgreSQL restarted under load", (faults.restart_postgres,)),
-        Scenario("poison", "raw bytes published onto bss.ordering.events", (faults.inject_poison,)),
+        Scenario(
+            "postgres", "PostgreSQL restarted under load", (faults.restart_postgres,), restarts="postgresql"
+        ),
+        Scenario(
+            "webhook",
+            "a TMF622 hub listener down, then answering 500, then slow, then healthy",
+            (faults.disturb_listener,),
+            listener=True,
+        ),
+        Scenario(
+            "poison",
+            "a corrupt ProductOrderCreateEvent (not JSON) on bss.ordering.events",
+            (faults.inject_poison,),
+        ),
         Scenario(
             "duplicate",
-            "every consumer group rewound to the beginning: all events delivered again",
+            "every event published again (same eventId) mid-run and after settling: delivered twice",
+            (faults.duplicate_everything,),
+        ),
+        Scenario(
+            "rewind",
+            "consumers stopped, every group rewound to offset 0, restarted: all events delivered again",
             (faults.rewind_after_settle,),
+            full_only="restarts most processes: minutes on 2 cores",
         ),
         Scenario(
             "mixed",
-            "kills, a poison message and a broker outage together",
-            (faults.kill_instances, faults.inject_poison, faults.stop_kafka),
+            "kills, a poison message, a Kafka outage and a failing webhook listener together",
+            (faults.kill_instances, faults.inject_poison, faults.stop_kafka, faults.disturb_listener),
             needs_bus="kafka",
+            restarts="kafka",
+            listener=True,
         ),
     )
 }
@@ -143,6 +176,14 @@ class ChaosDriver(DemoDriver):
         except (httpx.HTTPError, OSError):
             return 0
 
+    async def _invariants(self, result: DemoResult, baseline: Mapping[str, int]) -> list[Invariant]:
+        invariants = await super()._invariants(result, baseline)
+        refused = [order.error for order in result.orders if order.error]
+        if refused:  # say why, or a refused submission is a FAIL nobody can act on
+            first = invariants[0]
+            invariants[0] = dataclasses.replace(first, detail=f"{first.detail}; first refusal: {refused[0]}")
+        return invariants
+
     async def _settle_invariants(self, result: DemoResult, baseline: Mapping[str, int]) -> None:
         await self._before_settle()
         deadline = time.monotonic() + SETTLE_TIMEOUT
@@ -163,6 +204,7 @@ class ChaosOptions:
     scenarios: tuple[str, ...] = tuple(SCENARIOS)
     bus: str = "kafka"
     instances: int = 2
+    scale: Mapping[str, int] = field(default_factory=dict)  # per-component instance counts
     root: Path = Path("var/cluster")
     failure_rate: float = 0.1  # transient activation failures, per step
     outage_seconds: float = 10.0
@@ -170,14 +212,45 @@ class ChaosOptions:
     seed: int | None = None
     database_url: str = "postgresql://strowger:strowger@127.0.0.1:5432/strowger"
     bus_url: str = "kafka://127.0.0.1:9092"
+    services: faults.Services = field(default_factory=faults.Services)  # a private instance: started first
+    restart_shared: bool = False  # let broker/database scenarios stop the machine's shared services
 
 
-async def run_chaos(options: ChaosOptions, progress: Callable[[str], None] = print) -> list[ScenarioResult]:
+@dataclass
+class ChaosRun:
+    """A whole chaos run: the cluster's size and start-up time, and each scenario's verdict."""
+
+    cluster_id: str = ""
+    processes: int = 0
+    startup_seconds: float = 0.0
+    results: list[ScenarioResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(result.ok for result in self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "cluster": self.cluster_id,
+            "processes": self.processes,
+            "startup_seconds": round(self.startup_seconds, 1),
+            "scenarios": [result.to_json() for result in self.results],
+        }
+
+
+async def run_chaos(options: ChaosOptions, progress: Callable[[str], None] = print) -> ChaosRun:
+    if options.services.instance:
+        progress(f"private services '{options.services.instance}': starting (if stopped)")
+        await faults.ensure_services(options.services, options.bus)
     plan = plan_cluster(
         options.root,
         database_url=options.database_url,
         bus_url=options.bus_url,
         instances=options.instances,
+        scale=options.scale,
+        # the webhook listener runs on this machine: the hub's SSRF guard must let loopback through
+        environment={"STROWGER_HUB_ALLOWED_NETWORKS": '["127.0.0.1/32"]'},
         component_environment={
             "activation": {
                 "STROWGER_ACTIVATION_FAILURE_RATE": str(options.failure_rate),
@@ -186,70 +259,116 @@ async def run_chaos(options: ChaosOptions, progress: Callable[[str], None] = pri
         },
     )
     cluster = Cluster(plan)
+    faults.platform_consumers(cluster)  # the wiring, read once before any fault (and any failure)
+    run = ChaosRun(plan.cluster_id, len(plan.processes))
     progress(f"cluster {plan.cluster_id}: starting {len(plan.processes)} processes on {options.bus}")
-    results: list[ScenarioResult] = []
     try:
+        started = time.monotonic()
         await cluster.up()
+        run.startup_seconds = time.monotonic() - started
+        progress(
+            f"cluster {plan.cluster_id}: {len(plan.processes)} processes ready in {run.startup_seconds:.0f}s"
+        )
         database = open_database(plan.database_url, schema=plan.database_schema)
         await database.open()
         try:
             rng = random.Random(options.seed)
             for name in options.scenarios:
                 progress(f"scenario {name}: {SCENARIOS[name].summary}")
-                result = await run_scenario(SCENARIOS[name], cluster, database, options, rng)
-                progress(f"scenario {name}: {'ok' if result.ok else 'FAIL'} in {result.seconds:.0f}s")
-                results.append(result)
+                result = await _scenario_or_error(SCENARIOS[name], cluster, database, options, rng)
+                verdict = "skipped" if result.skipped else ("ok" if result.ok else "FAIL")
+                progress(f"scenario {name}: {verdict} in {result.seconds:.0f}s")
+                run.results.append(result)
         finally:
             await database.close()
     finally:
         await cluster.down()
-    return results
+    return run
+
+
+async def _scenario_or_error(
+    scenario: Scenario, cluster: Cluster, database: Database, options: ChaosOptions, rng: random.Random
+) -> ScenarioResult:
+    """The scenario's result; one that broke (a fault that failed, a check that raised) is a FAIL."""
+    started = time.monotonic()
+    try:
+        return await run_scenario(scenario, cluster, database, options, rng)
+    except Exception as exc:  # reported as the scenario's verdict; the next scenario runs
+        log.exception("chaos scenario %s broke", scenario.name)
+        result = ScenarioResult(scenario.name, scenario.summary, seconds=time.monotonic() - started)
+        result.invariants = [Invariant("scenario ran to its end", False, f"{type(exc).__name__}: {exc}")]
+        return result
+
+
+def skip_reason(scenario: Scenario, options: ChaosOptions) -> str:
+    """Why ``scenario`` cannot run with these options ('' when it can)."""
+    if scenario.needs_bus and scenario.needs_bus != options.bus:
+        return f"needs the {scenario.needs_bus} bus; this cluster runs on {options.bus}"
+    shared = not options.services.instance or scenario.restarts == "rabbitmq"  # no private RabbitMQ
+    if scenario.restarts and shared and not options.restart_shared:
+        return f"would stop the shared {scenario.restarts}; allow it with --restart-shared"
+    return ""
 
 
 async def run_scenario(
     scenario: Scenario, cluster: Cluster, database: Database, options: ChaosOptions, rng: random.Random
 ) -> ScenarioResult:
     result = ScenarioResult(scenario.name, scenario.summary)
-    if scenario.needs_bus and scenario.needs_bus != options.bus:
-        result.skipped = f"needs the {scenario.needs_bus} bus; this cluster runs on {options.bus}"
+    result.skipped = skip_reason(scenario, options)
+    if result.skipped:
         return result
     started = time.monotonic()
-    ctx = faults.FaultContext(cluster, rng, options.outage_seconds, options.kill_interval)
+    listener = WebhookListener() if scenario.listener else None
+    ctx = faults.FaultContext(
+        cluster, rng, options.outage_seconds, options.kill_interval, options.services, listener
+    )
     parked_before = await last_parked_id(database)
-    running = [asyncio.create_task(fault(ctx)) for fault in scenario.faults]
-
-    async def before_settle() -> None:
-        ctx.settled.set()
-        await asyncio.gather(*running)  # a fault's error is the scenario's error
-
-    async def checks(orders: list[OrderRecord]) -> list[Invariant]:
-        return await effect_checks(
-            database, RunScope(orders), parked_before, ctx.injected.get("poison messages", 0)
-        )
-
     headers = {"X-API-Key": cluster.admin_key}
     transport = ClusterTransport(cluster.plan, cluster.alive)
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://cluster", headers=headers, timeout=30.0
-    ) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        client = await stack.enter_async_context(
+            httpx.AsyncClient(transport=transport, base_url="http://cluster", headers=headers, timeout=30.0)
+        )
         driver = ChaosDriver(
             client,
             LocalProbe(database),
-            before_settle,
-            checks,
+            lambda: _end_faults(ctx, running),
+            lambda orders: _checks(database, ctx, orders, parked_before),
             concurrency=8,
             seed=rng.randrange(2**31),
             timeout=300.0,
         )
+        if listener is not None:
+            await listener.start()
+            stack.push_async_callback(listener.stop)
+            subscriptions = await subscribe(client, listener, driver.category)
+            stack.push_async_callback(unsubscribe, client, subscriptions)
+        running = [asyncio.create_task(fault(ctx)) for fault in scenario.faults]
         try:
             demo = await driver.run(options.orders, 0.0)
         finally:
             ctx.settled.set()
             for task in running:
                 task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)  # a cancelled outage restarts its service
     result.orders = len(demo.orders)
     result.outcomes = {state: demo.count(state) for state in sorted({o.state for o in demo.orders})}
     result.invariants = demo.invariants
     result.injected = dict(ctx.injected)
     result.seconds = time.monotonic() - started
     return result
+
+
+async def _end_faults(ctx: faults.FaultContext, running: list[asyncio.Task[None]]) -> None:
+    ctx.settled.set()
+    await asyncio.gather(*running)  # a fault's error is the scenario's error
+
+
+async def _checks(
+    database: Database, ctx: faults.FaultContext, orders: list[OrderRecord], parked_before: int
+) -> list[Invariant]:
+    readers = faults.poison_readers(ctx.cluster) if ctx.poison else (frozenset(), frozenset())
+    checks = await effect_checks(database, RunScope(orders), parked_before, ctx.poison, readers)
+    if ctx.listener is not None:
+        checks.append(listener_once(ctx.listener, orders))
+    return checks

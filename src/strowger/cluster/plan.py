@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import socket
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,14 +76,24 @@ def plan_cluster(
     database_url: str,
     bus_url: str,
     instances: int = 2,
+    scale: Mapping[str, int] | None = None,
     environment: dict[str, str] | None = None,
     component_environment: dict[str, dict[str, str]] | None = None,
 ) -> ClusterPlan:
-    """A plan with a fresh schema and bus namespace, and ``instances`` of every scalable component."""
+    """A plan with a fresh schema and bus namespace, and ``instances`` of every scalable component.
+
+    ``scale`` overrides the count per component (e.g. ``{"service-ordering": 2}`` on top of
+    ``instances=1``: a consumer group with two members where a scenario needs one, without
+    paying the start-up of a second copy of everything else). Singletons stay single.
+    """
+    unknown = sorted(set(scale or {}) - {component.name for component in _runnable()})
+    if unknown:
+        raise ValueError(f"no such component to scale: {', '.join(unknown)}")
     cluster_id = secrets.token_hex(4)
     processes = []
     for component in _runnable():
-        count = 1 if component.name in SINGLETONS else max(1, instances)
+        wanted = (scale or {}).get(component.name, instances)
+        count = 1 if component.name in SINGLETONS else max(1, wanted)
         for instance in range(1, count + 1):
             name = component.name if count == 1 else f"{component.name}-{instance}"
             processes.append(ProcessSpec(name, component.name, instance, free_port()))

@@ -30,10 +30,15 @@ from strowger.cluster.plan import FIRST, ClusterPlan, ProcessSpec
 STATE_FILE = "cluster.json"
 READY_TIMEOUT = 300.0  # seconds: 20 Python processes importing the platform on 2 cores
 STOP_TIMEOUT = 20.0  # seconds between SIGTERM (drain) and SIGKILL
+RESTART_BACKOFF = (1.0, 2.0, 4.0, 8.0, *([10.0] * 60))  # pauses between starts of a crash-looping process
 
 
 class ClusterError(RuntimeError):
     """A cluster operation failed (a process did not become ready, no cluster to act on)."""
+
+
+class ProcessExited(ClusterError):
+    """A process exited before it answered /ready."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,9 +156,24 @@ class Cluster:
             self._reap(name, 5.0)
 
     async def restart(self, name: str, timeout: float = READY_TIMEOUT) -> None:
+        """Kill (if alive) and start ``name`` until it is ready, as an orchestrator's restart policy does.
+
+        A process that exits while starting (its broker or database is down right now: the
+        platform fails fast at start-up) is started again after a growing pause, up to
+        ``timeout``; ClusterError names it if it never became ready.
+        """
+        deadline = time.monotonic() + timeout
         self.kill(name)
-        self.start(name)
-        await self.wait_ready([name], timeout)
+        for pause in RESTART_BACKOFF:
+            self.start(name)
+            try:
+                await self.wait_ready([name], max(1.0, deadline - time.monotonic()))
+                return
+            except ProcessExited:
+                if time.monotonic() + pause > deadline:
+                    raise
+                await asyncio.sleep(pause)
+        raise ClusterError(f"{name} kept exiting while starting; see {self.root / name}.log")
 
     async def stop(self, names: list[str] | None = None, timeout: float = STOP_TIMEOUT) -> list[str]:
         """SIGTERM (uvicorn drains, the platform stops its consumers), then SIGKILL; the killed names."""
@@ -208,7 +228,7 @@ class Cluster:
             while pending:
                 for name in sorted(pending):
                     if not self.alive(name):
-                        raise ClusterError(f"{name} exited while starting; see {self.root / name}.log")
+                        raise ProcessExited(f"{name} exited while starting; see {self.root / name}.log")
                     if await self._ready(client, self.plan.process(name)):
                         pending.discard(name)
                 if pending and time.monotonic() > deadline:
