@@ -12,6 +12,7 @@ import ipaddress
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import orjson
@@ -21,7 +22,7 @@ from fastapi import FastAPI, Request, Response
 
 from strowger.bus.embedded import EmbeddedBus
 from strowger.bus.runtime import ConsumerRunner
-from strowger.events.envelope import Category, Envelope, encode
+from strowger.events.envelope import Category, Envelope, encode, format_time
 from strowger.events.topics import Topic
 from strowger.store.db import Database
 from strowger.store.deadletters import PARKED_TABLES, DeadLetterFilter, DeadLetterQueue
@@ -165,8 +166,10 @@ class Hub:
     runner: ConsumerRunner
     fan_out: HubFanOut
 
-    async def publish(self, *envelopes: Envelope) -> None:
-        await self.bus.publish([encode(envelope, self.topic) for envelope in envelopes])
+    async def publish(self, *envelopes: Envelope, produced_at: datetime | None = None) -> None:
+        await self.bus.publish(
+            [encode(envelope, self.topic, produced_at=produced_at) for envelope in envelopes]
+        )
 
 
 @pytest.fixture
@@ -237,8 +240,10 @@ async def test_events_nobody_subscribed_to_are_skipped_before_decoding(
     assert subscribed is not None
     subscribed.max_age = 3600.0  # no expiry during the test: only a subscription change refreshes it
     await subscribed.refresh()
+    # A backlog: events produced before the subscriptions were read (beyond the clock skew).
+    backlog = datetime.now(UTC) - timedelta(minutes=5)
     before = order_event("o20", "inProgress")
-    await hub.publish(before)
+    await hub.publish(before, produced_at=backlog)
     await wait_until(lambda: hub.runner.stats.filtered >= 1, "the event skipped by type")
     assert hub.runner.stats.applied == 0  # never decoded nor handed to the fan-out
 
@@ -250,12 +255,44 @@ async def test_events_nobody_subscribed_to_are_skipped_before_decoding(
 
     await subscribed.refresh()
     filtered = hub.runner.stats.filtered
-    await hub.publish(order_event("o22", "acknowledged", event_type="ProductOrderCreateEvent"))
+    backlog = datetime.now(UTC) - timedelta(minutes=5)
+    await hub.publish(
+        order_event("o22", "acknowledged", event_type="ProductOrderCreateEvent"), produced_at=backlog
+    )
     await wait_until(lambda: hub.runner.stats.filtered > filtered, "a type the subscription does not name")
     await hub.publish(final := order_event("o23", "completed", 1))
     await wait_until(lambda: len(listener.at("/late")) == 2, "the next subscribed event")
     received = [r.headers[EVENT_ID_HEADER.lower()] for r in listener.at("/late")]
     assert received == [after.event_id, final.event_id]  # not o20 (before), not o22 (other type)
+
+
+async def test_a_subscription_made_by_another_process_gets_the_events_produced_after_it(
+    hub: Hub, listener: RealListener, database: Database
+) -> None:
+    """The chaos suite's lost webhook: the API process subscribed, hub-delivery's cache said "nobody"."""
+    subscribed = hub.fan_out.subscribed
+    assert subscribed is not None
+    subscribed.max_age = 3600.0  # the cache stays fresh: it will not notice the new row by itself
+    await subscribed.refresh()
+    # Another process's POST /hub: the row its HubStore.add writes, but no change of THIS
+    # process's subscription generation (that is process-local), so the cache stays as read.
+    async with database.transaction() as tx:
+        await tx.execute(
+            "INSERT INTO tmf_hub_subscription (api, id, callback, query, secret, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                hub.store.api,
+                "sub-elsewhere",
+                listener.url("/elsewhere"),
+                "eventType=ProductOrderStateChangeEvent",
+                None,
+                format_time(datetime.now(UTC)),
+            ),
+        )
+    fresh = order_event("o30", "completed")
+    await hub.publish(fresh)  # produced now, after the subscription: must reach it
+    await wait_until(lambda: len(listener.at("/elsewhere")) == 1, "the event produced after subscribing")
+    assert listener.at("/elsewhere")[0].headers[EVENT_ID_HEADER.lower()] == fresh.event_id
 
 
 async def test_outage_waits_then_delivers_in_order(hub: Hub, listener: RealListener) -> None:

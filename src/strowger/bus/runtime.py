@@ -59,7 +59,7 @@ from datetime import UTC, datetime
 from strowger.bus.observe import APPLIED, DUPLICATE, NULL_OBSERVER, PipelineObserver, is_null, trace_emitted
 from strowger.bus.port import Bus, Delivery, Subscriber
 from strowger.errors import MalformedMessage, SchemaViolation, is_transient
-from strowger.events.envelope import Envelope, decode, encode
+from strowger.events.envelope import Envelope, Message, decode, encode
 from strowger.events.validation import SchemaValidator
 from strowger.ops import tracing
 from strowger.ops.trace_timeline import TRACE_TABLES, Hop, Outcome, TraceRecorder, produced_at_of
@@ -194,6 +194,10 @@ class Consumer:
 
     def wants(self, event_type: str) -> bool:
         return not self.event_types or event_type in self.event_types
+
+    def wants_message(self, message: Message) -> bool:
+        """Whether to decode and handle ``message``, from its headers only (its eventType here)."""
+        return self.wants(message.event_type)
 
     async def apply_one(self, envelope: Envelope, uow: UnitOfWork) -> None:
         """Apply one event: the per-event handler, else the batch handler with a one-event batch."""
@@ -404,7 +408,7 @@ class ConsumerRunner:
         validator = self.validator
         filtering = bool(self.consumer.event_types)  # most consumers take every type: skip the header
         for delivery in batch:
-            if filtering and not self.consumer.wants(delivery.message.event_type):
+            if filtering and not self.consumer.wants_message(delivery.message):
                 counts.filtered += 1
                 continue
             try:
@@ -499,7 +503,7 @@ class ConsumerRunner:
         known_failure: _SlowPathNeeded | None = None,
     ) -> None:
         message = delivery.message
-        if not self.consumer.wants(message.event_type):
+        if not self.consumer.wants_message(message):
             self.stats.filtered += 1
             return
         try:

@@ -51,7 +51,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from strowger.bus.port import Delivery
 from strowger.bus.runtime import Consumer, UnitOfWork
 from strowger.errors import PermanentError, TransientError, is_transient
-from strowger.events.envelope import Envelope, Header
+from strowger.events.envelope import Envelope, Header, Message, parse_time
 from strowger.store.db import Database, Row, TableSet, Transaction
 from strowger.store.deadletters import PARKED_TABLES, Failure, ParkingLot, Status, now
 from strowger.tmf.errors import ApiError
@@ -165,6 +165,14 @@ class SubscribedTypes:
     (and a refresh is started). So a subscription made in this process counts at once,
     one made by another process within ``max_age``; the fan-out itself still checks each
     event against the subscriptions in its own transaction.
+
+    A subscription made by ANOTHER process (the cluster runs the APIs apart from
+    ``hub-delivery``) after the last read is unknown here, yet must get every event produced
+    after its 201. So an event of an unwanted type is skipped only if it was produced
+    (``producedAt``) at least ``clock_skew`` seconds before that read began: any subscription
+    it should reach had committed by then and the read saw it. Fresher events (and events with
+    no readable ``producedAt``) go to the fan-out, which decides in its transaction. A backlog
+    is where the gate saves the most, and a backlog is made of older events.
     """
 
     def __init__(
@@ -173,25 +181,39 @@ class SubscribedTypes:
         routes: Sequence[HubRoute],
         *,
         max_age: float = 1.0,
+        clock_skew: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.database = database
         self.routes = tuple(routes)
         self.max_age = max_age
+        self.clock_skew = clock_skew  # how far producers' clocks may be ahead of ours
         self.clock = clock
+        self.wall_clock = wall_clock
+        self._read_at = float("-inf")  # wall-clock time the cached read began
         self._wanted: frozenset[str] | None = None  # None: every type (unknown, or a route takes all)
         self._fresh_until = float("-inf")
         self._generation = -1
         self._refreshing: asyncio.Task[None] | None = None
 
-    def wants(self, event_type: str) -> bool:
+    def wants(self, message: Message) -> bool:
         moment = self.clock()
         if moment > self._fresh_until or self._generation != subscriptions_generation():
             self._start_refresh()
             return True
         if moment > self._fresh_until - self.max_age / 2:
             self._start_refresh()  # ahead of expiry: a steady stream never finds the cache stale
-        return self._wanted is None or event_type in self._wanted
+        if self._wanted is None or message.event_type in self._wanted:
+            return True
+        return not self._produced_before_read(message)
+
+    def _produced_before_read(self, message: Message) -> bool:
+        try:
+            produced = parse_time(message.headers[Header.PRODUCED_AT]).timestamp()
+        except (KeyError, ValueError, TypeError):
+            return False  # cannot tell: let the fan-out decide
+        return produced + self.clock_skew < self._read_at
 
     def _start_refresh(self) -> None:
         if self._refreshing is None or self._refreshing.done():
@@ -206,10 +228,10 @@ class SubscribedTypes:
     async def refresh(self) -> None:
         """Read the subscriptions again (one query; the generation is taken first, so a change
         committed while it runs makes the next call refresh again)."""
-        generation, started = subscriptions_generation(), self.clock()
+        generation, started, read_at = subscriptions_generation(), self.clock(), self.wall_clock()
         rows = await self.database.fetchall("SELECT api, query FROM tmf_hub_subscription")
         self._wanted = self._types({(str(api), str(query)) for api, query in rows})
-        self._generation, self._fresh_until = generation, started + self.max_age
+        self._generation, self._fresh_until, self._read_at = generation, started + self.max_age, read_at
 
     def _types(self, subscriptions: Iterable[tuple[str, str]]) -> frozenset[str] | None:
         wanted: set[str] = set()
@@ -243,11 +265,11 @@ def _event_types(query: str) -> frozenset[str] | None:
 class GatedConsumer(Consumer):
     """A consumer whose event-type filter is a live predicate (:class:`SubscribedTypes`)."""
 
-    gate: Callable[[str], bool] = field(default=lambda event_type: True)
+    gate: Callable[[Message], bool] = field(default=lambda message: True)
 
-    def wants(self, event_type: str) -> bool:
+    def wants_message(self, message: Message) -> bool:
         # Consumer.wants by name: zero-argument super() fails in a slots dataclass before 3.14.
-        return Consumer.wants(self, event_type) and self.gate(event_type)
+        return Consumer.wants(self, message.event_type) and self.gate(message)
 
 
 class HubFanOut:
