@@ -124,6 +124,13 @@ def bench_e2e(
         "embedded"
     ),
     orders: Annotated[int, typer.Option(min=10, help="orders for the maximum-rate figure")] = 1000,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="run a multi-process cluster with N instances per scalable component (postgres+kafka only)",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print every figure as one JSON line last")] = False,
 ) -> None:
     """Product orders through the whole fulfilment chain: orders/s, completion p50/p99, raw db tx/s."""
@@ -131,11 +138,29 @@ def bench_e2e(
 
     if backend not in E2E_BACKENDS:
         raise typer.BadParameter(f"expected one of {', '.join(E2E_BACKENDS)}", param_hint="--backend")
+    if processes is not None:
+        bench_e2e_cluster(backend, orders, processes, as_json)
+        return
     from strowger.bench.e2e import render_table as render_e2e_table
     from strowger.bench.e2e import run_e2e_bench
 
     result = run_with_progress(lambda progress: run_e2e_bench(backend, orders, progress))
     report(result, render_e2e_table(result), as_json)
+
+
+def bench_e2e_cluster(backend: str, orders: int, processes: int, as_json: bool) -> None:
+    """``bench e2e --processes N``: the cluster of ``strowger cluster`` instead of one process."""
+    from strowger.bench.e2e_cluster import BACKEND as CLUSTER_BACKEND
+    from strowger.bench.e2e_cluster import render_table as render_cluster_table
+    from strowger.bench.e2e_cluster import run_cluster_e2e_bench
+
+    if backend != CLUSTER_BACKEND:
+        raise typer.BadParameter(
+            f"--processes needs --backend {CLUSTER_BACKEND} (processes share only PostgreSQL and Kafka)",
+            param_hint="--processes",
+        )
+    result = run_with_progress(lambda progress: run_cluster_e2e_bench(processes, orders, progress))
+    report(result, render_cluster_table(result), as_json)
 
 
 @bench_app.command("api")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -42,6 +43,7 @@ from strowger.demo.orders import BENCH_MIX
 from strowger.store.db import Database, TableSet
 
 Progress = Callable[[str, float], None]
+CpuClock = Callable[[], float]  # CPU seconds so far: this process's, or a whole cluster's
 
 CONCURRENCY = 64
 RAW_TABLE = TableSet(
@@ -50,7 +52,18 @@ RAW_TABLE = TableSet(
     postgresql=["CREATE TABLE IF NOT EXISTS bench_raw_tx (id BIGSERIAL PRIMARY KEY, payload TEXT NOT NULL)"],
 )
 
-__all__ = ["BACKENDS", "Plan", "render_table", "run_e2e_bench"]
+__all__ = [
+    "BACKENDS",
+    "CpuClock",
+    "Phase",
+    "Plan",
+    "maximum_rate",
+    "paced_rate",
+    "raw_transaction_rate",
+    "render_table",
+    "run_e2e_bench",
+    "warm_up",
+]
 
 
 @dataclass(frozen=True)
@@ -83,10 +96,10 @@ async def _bench(backend: str, plan: Plan, progress: Progress) -> dict[str, Any]
             base_url=local.base_url, headers=headers, timeout=60.0, limits=limits
         ) as client:
             probe = LocalProbe(local.platform.database)
-            await _warm_up(client, probe, plan.warm_up_orders, progress)
-            maximum = await _maximum(client, probe, plan.orders, progress)
+            await warm_up(client, probe, plan.warm_up_orders, progress)
+            maximum = await maximum_rate(client, probe, plan.orders, progress)
             rate = maximum.figures["orders_per_second"] or 1.0
-            paced = await _paced(client, probe, rate / 2, plan.paced_seconds, progress)
+            paced = await paced_rate(client, probe, rate / 2, plan.paced_seconds, progress)
             progress("raw database transactions", 0.9)
             raw = await raw_transaction_rate(local.platform.database, plan.raw_seconds)
             stages = stage_stats(local.platform)
@@ -123,6 +136,8 @@ class Phase:
             "completed": result.count("completed"),
             "not_completed": len(result.orders) - result.count("completed"),
             "states": dict(outcome_counts(result)),
+            # why orders were not accepted (a 503 under load, a timeout): counted, never hidden
+            "submission_errors": dict(Counter(order.error[:120] for order in result.orders if order.error)),
             "seconds": round(seconds, 3),
             "orders_per_second": round(len(result.orders) / seconds, 1) if seconds else None,
             "offered_rate": None if offered_rate is None else round(offered_rate, 1),
@@ -137,30 +152,41 @@ class Phase:
         }
 
 
-async def _warm_up(client: httpx.AsyncClient, probe: LocalProbe, orders: int, progress: Progress) -> None:
+async def warm_up(client: httpx.AsyncClient, probe: LocalProbe, orders: int, progress: Progress) -> None:
     """A few orders first: the first ones pay for caches, connections and consumer-group joins."""
     if orders:
         progress("warm-up", 0.02)
         await _driver(client, probe, concurrency=8).run(orders, 0.0)
 
 
-async def _maximum(client: httpx.AsyncClient, probe: LocalProbe, orders: int, progress: Progress) -> Phase:
-    cpu_before = time.process_time()
+async def maximum_rate(
+    client: httpx.AsyncClient,
+    probe: LocalProbe,
+    orders: int,
+    progress: Progress,
+    cpu: CpuClock = time.process_time,
+) -> Phase:
+    cpu_before = cpu()
     result = await _driver(client, probe, concurrency=CONCURRENCY).run(
         orders, 0.0, _phase_progress(progress, "maximum rate", 0.05, 0.6)
     )
-    return Phase(result, result.total_seconds, time.process_time() - cpu_before)
+    return Phase(result, result.total_seconds, cpu() - cpu_before)
 
 
-async def _paced(
-    client: httpx.AsyncClient, probe: LocalProbe, rate: float, seconds: float, progress: Progress
+async def paced_rate(
+    client: httpx.AsyncClient,
+    probe: LocalProbe,
+    rate: float,
+    seconds: float,
+    progress: Progress,
+    cpu: CpuClock = time.process_time,
 ) -> Phase:
     """Orders at a steady ``rate`` per second for ``seconds`` (at least 10 orders)."""
     count = max(10, int(rate * seconds))
     driver = _driver(client, probe, concurrency=CONCURRENCY, pace=rate)
-    cpu_before = time.process_time()
+    cpu_before = cpu()
     result = await driver.run(count, 0.0, _phase_progress(progress, f"paced at {rate:,.1f}/s", 0.6, 0.9))
-    return Phase(result, result.total_seconds, time.process_time() - cpu_before, offered_rate=rate)
+    return Phase(result, result.total_seconds, cpu() - cpu_before, offered_rate=rate)
 
 
 def _phase_progress(progress: Progress, name: str, start: float, end: float) -> DriverProgress:

@@ -18,8 +18,13 @@ from strowger.components.registry import COMPONENTS
 class ClusterTransport(httpx.AsyncBaseTransport):
     """Route by API base path (from the component catalogue) to the plan's instances."""
 
-    def __init__(self, plan: ClusterPlan, alive: Callable[[str], bool] | None = None) -> None:
-        self._inner = httpx.AsyncHTTPTransport()
+    def __init__(
+        self,
+        plan: ClusterPlan,
+        alive: Callable[[str], bool] | None = None,
+        limits: httpx.Limits | None = None,  # the connection pool (a load test wants it wider)
+    ) -> None:
+        self._inner = httpx.AsyncHTTPTransport(limits=limits) if limits else httpx.AsyncHTTPTransport()
         self._alive = alive or (lambda name: True)
         self._routes = sorted(
             ((api, component.name) for component in COMPONENTS for api in component.http_apis),
