@@ -17,6 +17,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from strowger.errors import ConcurrencyConflict, ServiceUnavailable
+from strowger.settings import redact_url
 from strowger.store.db import Database, Params, Row, TableSet, Transaction
 
 
@@ -101,7 +102,8 @@ class PostgresDatabase(Database):
             await pool.open(wait=True, timeout=10)
         except Exception as exc:
             await pool.close()
-            raise ServiceUnavailable(f"cannot connect to PostgreSQL at {_redact(self.url)}: {exc}") from exc
+            where = redact_url(self.url)
+            raise ServiceUnavailable(f"cannot connect to PostgreSQL at {where}: {exc}") from exc
         return pool
 
     async def close(self) -> None:
@@ -170,14 +172,3 @@ async def _exists(tx: Transaction, statement: str) -> bool:
         return False
     row = await tx.fetchone("SELECT to_regclass(?) IS NOT NULL", (match.group(1),))
     return bool(row and row[0])
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, for error messages and logs."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
