@@ -10,7 +10,7 @@ import asyncio
 import functools
 import re
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import psycopg
@@ -20,6 +20,8 @@ from strowger.errors import ConcurrencyConflict, ServiceUnavailable
 from strowger.settings import redact_url
 from strowger.store.db import Database, Params, Row, TableSet, Transaction
 
+BEGIN = "BEGIN"
+
 
 @functools.lru_cache(maxsize=4096)
 def to_psycopg(sql: str) -> str:
@@ -28,28 +30,54 @@ def to_psycopg(sql: str) -> str:
 
 
 class PostgresTransaction(Transaction):
-    def __init__(self, connection: psycopg.AsyncConnection[Any]) -> None:
+    """Statements of one transaction; ``BEGIN`` travels with the first one.
+
+    Left to itself, psycopg sends ``BEGIN`` and waits for its answer before the first
+    statement: a round trip of its own (even in pipeline mode it syncs after ``BEGIN``).
+    Connections are in autocommit mode instead, and the transaction sends ``BEGIN`` and its
+    first statement together in one pipeline, one write and one read; a transaction of one
+    statement (an event append) costs two round trips with the ``COMMIT`` instead of three.
+    A transaction that runs no statement sends nothing at all.
+    """
+
+    def __init__(self, connection: psycopg.AsyncConnection[Any], *, begun: bool = False) -> None:
         self._connection = connection
+        self._begun = begun
         self.after_commit: list[Callable[[], None]] = []
 
     async def execute(self, sql: str, params: Params = ()) -> int:
-        cursor = await self._connection.execute(to_psycopg(sql), params)
+        cursor = await self._run(sql, params)
         return cursor.rowcount
 
     async def executemany(self, sql: str, rows: Iterable[Params]) -> None:
-        async with self._connection.cursor() as cursor:
+        # psycopg pipelines the rows of executemany; BEGIN, if still due, goes first in that pipeline.
+        async with self._connection.cursor() as cursor, self._connection.pipeline():
+            if not self._begun:
+                await self._connection.execute(BEGIN)
             await cursor.executemany(to_psycopg(sql), list(rows))
+        self._begun = True
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
-        cursor = await self._connection.execute(to_psycopg(sql), params)
+        cursor = await self._run(sql, params)
         return await cursor.fetchall()
 
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
-        cursor = await self._connection.execute(to_psycopg(sql), params)
+        cursor = await self._run(sql, params)
         return await cursor.fetchone()
 
     def on_commit(self, callback: Callable[[], None]) -> None:
         self.after_commit.append(callback)
+
+    async def _run(self, sql: str, params: Params) -> psycopg.AsyncCursor[Any]:
+        if self._begun:
+            return await self._connection.execute(to_psycopg(sql), params)
+        # Leaving the pipeline sends BEGIN + the statement with one Sync and reads both
+        # results (raising the statement's error, if any, here).
+        async with self._connection.pipeline():
+            await self._connection.execute(BEGIN)
+            cursor = await self._connection.execute(to_psycopg(sql), params)
+        self._begun = True
+        return cursor
 
 
 class PostgresDatabase(Database):
@@ -64,10 +92,9 @@ class PostgresDatabase(Database):
         self._max_size = max_size
 
     async def _configure(self, connection: psycopg.AsyncConnection[Any]) -> None:
-        if self.schema:
+        if self.schema:  # autocommit: each statement commits, the setting lasts the session
             await connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
             await connection.execute(f'SET search_path TO "{self.schema}"')
-        await connection.commit()
 
     async def create_tables(self, *table_sets: TableSet) -> None:
         """As the base class, one process at a time: concurrent DDL on one schema can deadlock
@@ -84,19 +111,20 @@ class PostgresDatabase(Database):
     async def open(self) -> None:
         if self._pool is not None:
             return
-        self._pool = await self._open_pool(autocommit=False, max_size=self._max_size)
-        # Reads outside a write run in autocommit: one round trip per query instead of
-        # BEGIN + query + ROLLBACK. Each statement still sees only committed data.
-        self._read_pool = await self._open_pool(autocommit=True, max_size=max(2, self._max_size // 2))
+        # Both pools are autocommit: a write transaction sends its own BEGIN with its first
+        # statement (PostgresTransaction); a read outside a write is one round trip per query
+        # instead of BEGIN + query + ROLLBACK, each statement seeing only committed data.
+        self._pool = await self._open_pool(max_size=self._max_size)
+        self._read_pool = await self._open_pool(max_size=max(2, self._max_size // 2))
 
-    async def _open_pool(self, *, autocommit: bool, max_size: int) -> AsyncConnectionPool:
+    async def _open_pool(self, *, max_size: int) -> AsyncConnectionPool:
         pool: AsyncConnectionPool = AsyncConnectionPool(
             self.url,
             min_size=self._min_size,
             max_size=max_size,
             open=False,
             configure=self._configure,
-            kwargs={"autocommit": autocommit},
+            kwargs={"autocommit": True},
         )
         try:
             await pool.open(wait=True, timeout=10)
@@ -119,9 +147,14 @@ class PostgresDatabase(Database):
         assert self._pool is not None
         tx: PostgresTransaction
         try:
-            async with _checked_out(self._pool) as connection, connection.transaction():
+            async with _checked_out(self._pool) as connection:
                 tx = PostgresTransaction(connection)
-                yield tx
+                try:
+                    yield tx
+                except BaseException:
+                    await _roll_back(connection)
+                    raise
+                await connection.commit()  # sends COMMIT only if a statement began the transaction
         except psycopg.errors.SerializationFailure as exc:
             raise ConcurrencyConflict(str(exc)) from exc
         except psycopg.OperationalError as exc:
@@ -136,7 +169,7 @@ class PostgresDatabase(Database):
         assert self._read_pool is not None
         try:
             async with _checked_out(self._read_pool) as connection:
-                yield PostgresTransaction(connection)
+                yield PostgresTransaction(connection, begun=True)
         except psycopg.OperationalError as exc:
             raise ServiceUnavailable(f"PostgreSQL: {exc}") from exc
 
@@ -158,6 +191,16 @@ async def _checked_out(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.Async
         if task is not None and task.cancelling() > cancels:
             raise asyncio.CancelledError
         yield connection
+
+
+async def _roll_back(connection: psycopg.AsyncConnection[Any]) -> None:
+    """Roll back after the caller's error; a connection that broke meanwhile is the pool's to discard.
+
+    The caller's exception is what matters: a failed rollback must not replace it (the pool
+    checks every returned connection and drops a broken one).
+    """
+    with suppress(psycopg.Error):
+        await connection.rollback()
 
 
 _CREATES = re.compile(
