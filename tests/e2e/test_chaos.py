@@ -58,3 +58,19 @@ def test_every_scenario_keeps_every_invariant(tmp_path: Path, postgres_url: str,
     mixed = scenarios["mixed"]["injected"]
     assert {"kafka stopped", "poison messages", "listener failing (s)"} <= set(mixed), output  # type: ignore[arg-type]
     assert report["ok"] is True and code == 0, output
+
+
+def test_a_cluster_on_rabbitmq_survives_a_broker_restart(
+    tmp_path: Path, postgres_url: str, rabbitmq_url: str
+) -> None:
+    """The cluster on the RabbitMQ bus; its PRIVATE RabbitMQ node (``chaos@localhost``) stopped, started."""
+    arguments = ("--bus", "rabbitmq", "--scenario", "rabbitmq", "--seed", "8")
+    code, report, output = run_chaos(tmp_path / "chaos", *arguments)
+
+    [scenario] = report["scenarios"]  # type: ignore[misc]
+    assert (scenario["scenario"], scenario["skipped"]) == ("rabbitmq", ""), output
+    assert scenario["injected"] == {"rabbitmq stopped": 1}, output
+    assert scenario["orders"], output
+    failed = [i for i in scenario["invariants"] if i["ok"] is not True]
+    assert not failed and len(scenario["invariants"]) >= 7, f"{failed}\n{output}"
+    assert report["ok"] is True and code == 0, output

@@ -320,6 +320,6 @@ async def _namespaced_bus(cluster: Cluster):  # type: ignore[no-untyped-def]
 
 
 async def ensure_services(services: Services, bus: str) -> None:
-    """Start the private instance's PostgreSQL (and Kafka) if stopped; returns once they answer."""
-    wanted = ["postgresql", "kafka"] if bus == "kafka" else ["postgresql"]
+    """Start the private instance's PostgreSQL and the bus's broker if stopped; returns once they answer."""
+    wanted = ["postgresql", bus]
     await _run(str(ROOT / "scripts" / "services"), "up", *wanted, env=services.environment())

@@ -304,8 +304,7 @@ def skip_reason(scenario: Scenario, options: ChaosOptions) -> str:
     """Why ``scenario`` cannot run with these options ('' when it can)."""
     if scenario.needs_bus and scenario.needs_bus != options.bus:
         return f"needs the {scenario.needs_bus} bus; this cluster runs on {options.bus}"
-    shared = not options.services.instance or scenario.restarts == "rabbitmq"  # no private RabbitMQ
-    if scenario.restarts and shared and not options.restart_shared:
+    if scenario.restarts and not options.services.instance and not options.restart_shared:
         return f"would stop the shared {scenario.restarts}; allow it with --restart-shared"
     return ""
 

@@ -28,8 +28,11 @@ def private_urls(bus: str) -> tuple[str, str]:
     """Where ``scripts/services`` puts the private instance (same variables, same defaults)."""
     pg_port = os.environ.get("STROWGER_SERVICES_PG_PORT", "5433")
     kafka_port = os.environ.get("STROWGER_SERVICES_KAFKA_PORT", "9192")
+    rabbitmq_port = os.environ.get("STROWGER_SERVICES_RABBITMQ_PORT", "5673")
     database = f"postgresql://strowger:strowger@127.0.0.1:{pg_port}/strowger"
-    return database, (f"kafka://127.0.0.1:{kafka_port}" if bus == "kafka" else bus_url(bus))
+    if bus == "kafka":
+        return database, f"kafka://127.0.0.1:{kafka_port}"
+    return database, f"amqp://guest:guest@127.0.0.1:{rabbitmq_port}/"
 
 
 def chaos(
