@@ -197,6 +197,12 @@ def next_offsets(deliveries: Sequence[Delivery]) -> list[TopicPartition]:
     ]
 
 
+def _consume_outcome(future: asyncio.Future[None]) -> None:
+    """Mark a late delivery report's outcome as seen: the publisher already raised for it."""
+    if not future.cancelled():
+        future.exception()
+
+
 class _PendingBatch:
     """The delivery reports of one published batch, resolving one future on the loop.
 
@@ -601,6 +607,11 @@ class KafkaBus(Bus):
                 f"Kafka did not confirm {batch.pending} of {len(messages)} messages"
                 f" within {self.publish_timeout}s"
             ) from exc
+        finally:
+            # Given up on (timeout, cancel): librdkafka still reports these messages later, and a
+            # failure nobody awaits would be logged as "Future exception was never retrieved".
+            if not batch.future.done():
+                batch.future.add_done_callback(_consume_outcome)
 
     def subscriber(self, group: str, topics: Sequence[str]) -> Subscriber:
         return KafkaSubscriber(self._consumer_config, group, topics, join_timeout=self.join_timeout)
