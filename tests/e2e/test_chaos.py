@@ -3,8 +3,9 @@
 The real command in a subprocess, as CI and an operator run it: a private PostgreSQL and
 Kafka (``scripts/services`` instance ``chaos``, so restarting them disturbs no other test),
 a multi-process cluster on them, every scenario of the reduced size (kill -9, PostgreSQL
-restart, failing webhook listener, poison, forced redelivery, and mixed: kills + poison + a
-Kafka outage + the failing listener), and the report's JSON line.
+restart, failing webhook listener, poison, forced redelivery, every group rewound to offset
+0, and mixed: kills + poison + a Kafka outage + the failing listener), and the report's JSON
+line. Then a cluster on RabbitMQ whose private broker is restarted.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def test_every_scenario_keeps_every_invariant(tmp_path: Path, postgres_url: str,
 
     scenarios = {str(s["scenario"]): s for s in report["scenarios"]}  # type: ignore[union-attr]
     ran = {name for name, scenario in scenarios.items() if not scenario["skipped"]}
-    assert ran == {"baseline", "kill", "postgres", "webhook", "poison", "duplicate", "mixed"}, output
+    expected = {"baseline", "kill", "postgres", "webhook", "poison", "duplicate", "rewind", "mixed"}
+    assert ran == expected, output
     assert {name for name, s in scenarios.items() if s["skipped"]} == NOT_ON_KAFKA, output
     for name in ran:
         scenario = scenarios[name]
@@ -55,6 +57,7 @@ def test_every_scenario_keeps_every_invariant(tmp_path: Path, postgres_url: str,
     assert scenarios["poison"]["injected"] == {"poison messages": 1}, output
     assert scenarios["postgres"]["injected"] == {"postgresql restarted": 1}, output
     assert scenarios["duplicate"]["injected"]["events copied"] > 0, output  # type: ignore[index]
+    assert scenarios["rewind"]["injected"]["groups rewound"] > 5, output  # type: ignore[index]
     mixed = scenarios["mixed"]["injected"]
     assert {"kafka stopped", "poison messages", "listener failing (s)"} <= set(mixed), output  # type: ignore[arg-type]
     assert report["ok"] is True and code == 0, output

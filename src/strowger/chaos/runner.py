@@ -93,7 +93,6 @@ SCENARIOS: Mapping[str, Scenario] = {
             "rewind",
             "consumers stopped, every group rewound to offset 0, restarted: all events delivered again",
             (faults.rewind_after_settle,),
-            full_only="restarts most processes: minutes on 2 cores",
         ),
         Scenario(
             "mixed",

@@ -40,7 +40,7 @@ def chaos(
         int | None, typer.Option(min=1, help=f"Orders per scenario [{CI_ORDERS}; --full {FULL_ORDERS}]")
     ] = None,
     scenario: Annotated[
-        str, typer.Option(help="A scenario name, a comma list, or 'all' (without --full: not kafka, rewind)")
+        str, typer.Option(help="A scenario name, a comma list, or 'all' (without --full: not kafka)")
     ] = "all",
     full: Annotated[
         bool, typer.Option(help="Full size: thousands of orders, 30 s outages, two of each")
