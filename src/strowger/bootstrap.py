@@ -17,6 +17,7 @@ from typing import Any
 
 from strowger.bus import Bus, open_bus
 from strowger.bus.observe import MetricsObserver
+from strowger.bus.pacing import LoopPacer
 from strowger.bus.runtime import Consumer, ConsumerRunner, prepare_emitted
 from strowger.errors import SchemaViolation
 from strowger.events.envelope import Envelope, encode
@@ -83,6 +84,7 @@ class Platform:
     runners: list[ConsumerRunner] = field(default_factory=list)
     index_links: list[tuple[str, str]] = field(default_factory=list)
     alerts: Any = None  # the AlertMonitor, once monitoring is installed (dashboard reads active alerts)
+    pacer: LoopPacer = field(default_factory=LoopPacer)  # consumers leave HTTP its share of the loop
     started: bool = False
     _running: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -118,6 +120,7 @@ class Platform:
             validator=self.validator,
             timeline=True,
             create_tables=False,  # start() creates every table before any task runs
+            pacer=self.pacer if self.database.kind == "sqlite" else None,  # see bus/pacing.py
         )
         self.runners.append(runner)
         self.add_task(f"consumer:{consumer.name}", runner.run)
@@ -172,6 +175,11 @@ def empty_platform(settings: Settings) -> Platform:
     database_options: dict[str, Any] = {}
     if settings.database == "postgresql" and settings.database_schema:
         database_options["schema"] = settings.database_schema
+    if settings.database == "postgresql" and settings.database_schemas and settings.component != "all":
+        from strowger.components.database import borrowed_names
+
+        # Its own schema (database_schema) and role (the URL's); other components' tables are views.
+        database_options["borrowed"] = borrowed_names(settings.component, settings.database_schemas)
     database = open_database(settings.database_url, **database_options)
     bus_options: dict[str, Any] = {"database": database} if settings.bus == "embedded" else {}
     bus = open_bus(settings.bus_url, **bus_options)
@@ -197,9 +205,10 @@ def bootstrap(settings: Settings) -> Platform:
 def _select_component(platform: Platform) -> None:
     """Keep only what ``settings.component`` runs (``strowger run <component>``); ``all`` keeps everything.
 
-    Every process still creates every table (one shared schema today, docs/operations.md) and
-    serves /health, /ready and /metrics; routers, consumers and tasks follow the component
-    catalogue (strowger.components.registry).
+    Every process still creates every table, in its own schema in a split cluster (except the
+    names it borrows: docs/operations.md, "Database layout"), and serves /health, /ready and
+    /metrics; routers, consumers and tasks follow the component catalogue
+    (strowger.components.registry).
     """
     from strowger.components.registry import ALL, parse_component
 
@@ -241,6 +250,11 @@ def _backbone(platform: Platform) -> None:
         retention=timedelta(days=settings.retention_days),
         observer=platform.observer,
     )
+    if settings.database_schemas and settings.database == "postgresql":
+        from strowger.store.outbox_schemas import relay_every_schema
+
+        platform.add_task("outbox-relay", relay_every_schema(platform, relay))  # a split cluster
+        return
     platform.add_task("outbox-relay", relay.run)
 
 

@@ -8,6 +8,7 @@ embedded platform on SQLite under ``./var``. Backends are chosen by URL.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -26,6 +27,7 @@ DatabaseKind = Literal["sqlite", "postgresql"]
 BusKind = Literal["embedded", "kafka", "rabbitmq"]
 
 _DATABASE_FORM = "sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _BUS_FORM = "embedded://, kafka://HOST:PORT[,HOST:PORT] or amqp://USER:PASSWORD@HOST:PORT/VHOST"
 
 
@@ -79,6 +81,9 @@ class Settings(BaseSettings):
     bus_url: str = "embedded://"
     # PostgreSQL schema the platform's tables live in (search_path); empty: the role's default.
     database_schema: str = Field("", pattern=r"^$|^[a-z_][a-z0-9_]{0,62}$")
+    # A split cluster (docs/operations.md, "Database layout"): every component's schema by component
+    # name (JSON); this process's own is ``database_schema``. Empty: one schema for everything.
+    database_schemas: dict[str, str] = Field(default_factory=dict)
     # Prefix of every topic and consumer-group name on a shared broker (tests, tenants, staging).
     bus_namespace: str = Field("", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")
     host: str = "127.0.0.1"
@@ -99,6 +104,14 @@ class Settings(BaseSettings):
     @classmethod
     def _database_url(cls, value: str) -> str:
         database_kind(value)
+        return value
+
+    @field_validator("database_schemas")
+    @classmethod
+    def _database_schemas(cls, value: dict[str, str]) -> dict[str, str]:
+        for schema in value.values():
+            if not _SCHEMA_NAME.fullmatch(schema):
+                raise ConfigError("STROWGER_DATABASE_SCHEMAS", "schema names like cluster_x_billing", schema)
         return value
 
     @field_validator("component")

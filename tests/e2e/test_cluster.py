@@ -8,14 +8,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from strowger.cluster.plan import plan_cluster
+from strowger.cluster.provision import schema_of
 from strowger.cluster.routing import ClusterTransport
 from strowger.cluster.supervisor import Cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(600)]
 ORDERS = "/tmf-api/productOrderingManagement/v4/productOrder"
+PRODUCTS = "/tmf-api/productInventory/v4/product"
 
 
 @pytest.fixture
@@ -72,8 +75,37 @@ async def test_orders_complete_across_processes_and_survive_a_killed_som(cluster
     ) as client:
         before = [await place(client) for _ in range(3)]
         assert [await state_of(client, order) for order in before] == ["completed"] * 3
+        await products_recorded(client, before)  # by the inventory component, from the order events
+        await each_component_reads_only_its_own_tables(cluster)
+        # operations reads every component's dead letters and traces through the directory's views
+        assert (await client.get("/dlq")).json() == []
+        trace = await client.get(f"/trace/{before[0]}")
+        assert trace.status_code == 200 and trace.json()["id"] == before[0], trace.text
 
         cluster.kill("service-ordering", signal.SIGKILL)
         assert not cluster.alive("service-ordering")
         after = [await place(client) for _ in range(3)]
         assert [await state_of(client, order) for order in after] == ["completed"] * 3
+
+
+async def products_recorded(client: httpx.AsyncClient, orders: list[str], timeout: float = 60.0) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            listed = await client.get(PRODUCTS, params={"relatedParty.id": "CUST-1", "limit": 1000})
+            recorded = {item["productOrderItem"][0]["productOrderId"] for item in listed.json()}
+            if set(orders) <= recorded:
+                return
+            await asyncio.sleep(0.5)
+
+
+async def each_component_reads_only_its_own_tables(cluster: Cluster) -> None:
+    """Each process connects as its component's role: another component's table is out of reach."""
+    plan = cluster.plan
+    ordering_url = plan.component_environment["ordering"]["STROWGER_DATABASE_URL"]
+    billing_table = f'"{schema_of(plan, "billing")}".billing_charge'
+    async with await psycopg.AsyncConnection.connect(ordering_url, autocommit=True) as ordering:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await ordering.execute(f"SELECT count(*) FROM {billing_table}")  # noqa: S608
+    async with await psycopg.AsyncConnection.connect(plan.database_url, autocommit=True) as admin:
+        charged = await (await admin.execute(f"SELECT count(*) FROM {billing_table}")).fetchone()  # noqa: S608
+    assert charged is not None and charged[0] > 0

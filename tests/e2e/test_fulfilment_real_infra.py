@@ -241,6 +241,7 @@ def orchestrator_process(root: Path, settings: Settings, postgres_url: str, kafk
         replace(
             plan,
             database_schema=settings.database_schema,
+            split_database=False,  # it shares the test's one schema with the in-process platform
             bus_namespace=settings.bus_namespace,
             processes=(som,),
             component_environment={SOM: {"STROWGER_SAMPLE_CATALOG": "false"}},

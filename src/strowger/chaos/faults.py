@@ -266,6 +266,7 @@ def consumer_groups(cluster: Cluster) -> dict[str, list[str]]:
 def platform_consumers(cluster: Cluster) -> tuple[Consumer, ...]:
     """The consumers the cluster's processes run, from the platform's wiring (nothing started; cached)."""
     from strowger.bootstrap import bootstrap
+    from strowger.cluster.provision import schema_map
     from strowger.settings import Settings
 
     plan = cluster.plan
@@ -273,6 +274,7 @@ def platform_consumers(cluster: Cluster) -> tuple[Consumer, ...]:
         {
             "database_url": plan.database_url,
             "database_schema": plan.database_schema,
+            "database_schemas": schema_map(plan) if plan.split_database else {},
             "bus_url": plan.bus_url,
             "bus_namespace": plan.bus_namespace,
             "sample_catalog": False,
@@ -322,4 +324,9 @@ async def _namespaced_bus(cluster: Cluster):  # type: ignore[no-untyped-def]
 async def ensure_services(services: Services, bus: str) -> None:
     """Start the private instance's PostgreSQL and the bus's broker if stopped; returns once they answer."""
     wanted = ["postgresql", bus]
-    await _run(str(ROOT / "scripts" / "services"), "up", *wanted, env=services.environment())
+    script = str(ROOT / "scripts" / "services")
+    await _run(script, "up", *wanted, env=services.environment())
+    if bus == "rabbitmq" and services.instance:
+        # The private broker is the chaos suite's alone: start each run without the streams of
+        # earlier clusters (a node holding hundreds of them boots too slowly to restart in time).
+        await _run(script, "reset", "rabbitmq", env=services.environment())

@@ -33,7 +33,7 @@ class RunScope:
 async def effect_checks(
     database: Database,
     scope: RunScope,
-    parked_before: int,
+    parked_before: float,
     poison: Sequence[str],
     readers: tuple[frozenset[str], frozenset[str]],
 ) -> list[Invariant]:
@@ -126,15 +126,18 @@ async def analytics_once(database: Database, scope: RunScope) -> Invariant:
     return Invariant("analytics saw each order exactly in its final state", not wrong, detail)
 
 
-async def last_parked_id(database: Database) -> int:
-    """Where the dead-letter table ends now (ids grow): a scenario looks only past it."""
-    row = await database.fetchone("SELECT COALESCE(MAX(id), 0) FROM parked")
-    return int(row[0]) if row else 0
+async def last_parked_id(database: Database) -> float:
+    """When the last dead letter was parked: a scenario looks only past it.
+
+    A time, not an id: in a split cluster every component has its own ``parked`` table and
+    its own ids (the directory view unites them), while their clock is the same machine's."""
+    row = await database.fetchone("SELECT COALESCE(MAX(created_at), 0) FROM parked")
+    return float(row[0]) if row else 0.0
 
 
 async def dead_letters(
     database: Database,
-    parked_before: int,
+    parked_before: float,
     poison: Sequence[str],
     readers: tuple[frozenset[str], frozenset[str]],
 ) -> Invariant:
@@ -144,7 +147,7 @@ async def dead_letters(
     """
     required, allowed = readers
     rows = await database.fetchall(
-        "SELECT consumer, event_id, status, error_type FROM parked WHERE id > ?", (parked_before,)
+        "SELECT consumer, event_id, status, error_type FROM parked WHERE created_at > ?", (parked_before,)
     )
     poisoned = Counter(
         (str(consumer), str(event_id))

@@ -363,7 +363,7 @@ async def _end_faults(ctx: faults.FaultContext, running: list[asyncio.Task[None]
 
 
 async def _checks(
-    database: Database, ctx: faults.FaultContext, orders: list[OrderRecord], parked_before: int
+    database: Database, ctx: faults.FaultContext, orders: list[OrderRecord], parked_before: float
 ) -> list[Invariant]:
     readers = faults.poison_readers(ctx.cluster) if ctx.poison else (frozenset(), frozenset())
     checks = await effect_checks(database, RunScope(orders), parked_before, ctx.poison, readers)

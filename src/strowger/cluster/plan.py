@@ -47,6 +47,9 @@ class ClusterPlan:
     processes: tuple[ProcessSpec, ...]
     environment: dict[str, str] = field(default_factory=dict)  # extra STROWGER_* for every process
     component_environment: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Each component in its own schema, as its own role (strowger.cluster.provision); False: every
+    # process shares ``database_schema`` and the URL's role.
+    split_database: bool = True
 
     @property
     def bus(self) -> str:

@@ -5,6 +5,9 @@ Each process is ``python -m strowger.cli run <component> --port P`` in its own s
 its log in ``<root>/<name>.log``. The state file ``<root>/cluster.json`` (the plan plus
 every pid) lets a later invocation report and stop what an earlier one started.
 
+Before any process starts, :mod:`strowger.cluster.provision` gives each component its own
+PostgreSQL schema and role (the plan's ``split_database``); ``down`` drops them.
+
 All processes run in ``<root>`` as working directory: ``strowger run`` keeps its admin API
 key under ``./var/security``, so they share ONE key, created here before any starts.
 """
@@ -19,13 +22,14 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from strowger.cluster.plan import FIRST, ClusterPlan, ProcessSpec
+from strowger.cluster.provision import ProvisionError, deprovision, provision, refresh_directory
 
 STATE_FILE = "cluster.json"
 READY_TIMEOUT = 300.0  # seconds: 20 Python processes importing the platform on 2 cores
@@ -74,6 +78,8 @@ class Cluster:
         self.root.mkdir(parents=True, exist_ok=True)
         document = {"plan": self.plan.to_json(), "pids": self.pids}
         temporary = self.root / f"{STATE_FILE}.tmp"
+        temporary.touch(mode=0o600)  # it holds the components' database passwords
+        temporary.chmod(0o600)
         temporary.write_text(json.dumps(document, indent=2))
         temporary.replace(self.root / STATE_FILE)  # atomic: a concurrent `status` never reads half
 
@@ -89,6 +95,8 @@ class Cluster:
     async def up(self, timeout: float = READY_TIMEOUT) -> None:
         """Start every process and wait until each answers /ready (the schema creator first)."""
         self._prepare()
+        if self.plan.split_database:
+            await self._provision()
         first = [spec for spec in self.plan.processes if spec.component == FIRST]
         rest = [spec for spec in self.plan.processes if spec.component != FIRST]
         deadline = time.monotonic() + timeout
@@ -96,6 +104,22 @@ class Cluster:
             for spec in group:
                 self.start(spec.name)
             await self.wait_ready([spec.name for spec in group], deadline - time.monotonic())
+        if self.plan.split_database:
+            await refresh_directory(self.plan)  # views over the tables the processes created
+
+    async def _provision(self) -> None:
+        """Each component's schema and role; its URL, schema and the schema map join its environment."""
+        try:
+            databases = await provision(self.plan)
+        except ProvisionError as exc:
+            raise ClusterError(str(exc)) from exc
+        overrides = self.plan.component_environment  # the plan's own settings win
+        merged = {
+            component: {**databases.get(component, {}), **overrides.get(component, {})}
+            for component in {*databases, *overrides}
+        }
+        self.plan = replace(self.plan, component_environment=merged)
+        self.save()
 
     def _prepare(self) -> None:
         from strowger.security import SecuritySettings, ensure_admin_credentials
@@ -269,11 +293,8 @@ def _is_strowger(pid: int) -> bool:
 
 
 async def drop_resources(plan: ClusterPlan) -> None:
-    """Drop the cluster's PostgreSQL schema and (Kafka) its namespaced topics."""
-    import psycopg
-
-    async with await psycopg.AsyncConnection.connect(plan.database_url, autocommit=True) as connection:
-        await connection.execute(f'DROP SCHEMA IF EXISTS "{plan.database_schema}" CASCADE')
+    """Drop the cluster's PostgreSQL schemas and roles and (Kafka) its namespaced topics."""
+    await deprovision(plan)  # the shared schema too, when the plan does not split the database
     if plan.bus == "kafka":
         await asyncio.to_thread(_delete_kafka_topics, plan)
 

@@ -1,7 +1,8 @@
 """``strowger cluster up|down|status``: the platform as one process per component instance, locally.
 
-Against PostgreSQL and Kafka (or RabbitMQ); each cluster gets a fresh schema and bus
-namespace, so clusters and test runs never see each other. ``scripts/cluster`` wraps it.
+Against PostgreSQL and Kafka (or RabbitMQ); each cluster gets a bus namespace and each of
+its components a fresh schema and role (docs/operations.md, "Database layout"), so clusters and
+test runs never see each other. ``scripts/cluster`` wraps it.
 """
 
 from __future__ import annotations

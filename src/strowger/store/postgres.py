@@ -83,9 +83,23 @@ class PostgresTransaction(Transaction):
 class PostgresDatabase(Database):
     kind = "postgresql"
 
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10, schema: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        schema: str | None = None,
+        borrowed: Iterable[str] = (),
+    ) -> None:
+        """``schema``: the search_path, where this process's tables live (created if missing).
+
+        ``borrowed``: names that are views onto another component's tables in a split cluster
+        (docs/operations.md, "Database layout"): DDL creating or altering them is skipped here.
+        """
         self.url = url.replace("postgres://", "postgresql://", 1)
         self.schema = schema
+        self.borrowed = frozenset(borrowed)
         self._pool: AsyncConnectionPool | None = None
         self._read_pool: AsyncConnectionPool | None = None
         self._min_size = min_size
@@ -93,7 +107,11 @@ class PostgresDatabase(Database):
 
     async def _configure(self, connection: psycopg.AsyncConnection[Any]) -> None:
         if self.schema:  # autocommit: each statement commits, the setting lasts the session
-            await connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            # Only when missing: CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when
+            # the schema exists, which a cluster component's role does not have.
+            cursor = await connection.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,))
+            if await cursor.fetchone() is None:
+                await connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
             await connection.execute(f'SET search_path TO "{self.schema}"')
 
     async def create_tables(self, *table_sets: TableSet) -> None:
@@ -105,6 +123,8 @@ class PostgresDatabase(Database):
             await tx.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"strowger-ddl:{self.schema}",))
             for table_set in table_sets:
                 for statement in table_set.ddl(self.kind):
+                    if ddl_target(statement) in self.borrowed:
+                        continue  # a view onto another component's table: its owner creates it
                     if not await _exists(tx, statement):
                         await tx.execute(statement)
 
@@ -204,12 +224,28 @@ async def _roll_back(connection: psycopg.AsyncConnection[Any]) -> None:
 
 
 _CREATES = re.compile(
-    r"^\s*CREATE\s+(?:UNIQUE\s+)?(?:TABLE|INDEX)\s+IF\s+NOT\s+EXISTS\s+(\w+)", re.IGNORECASE
+    r"^\s*CREATE\s+(?:(?:UNIQUE\s+)?(?:TABLE|INDEX)\s+IF\s+NOT\s+EXISTS|OR\s+REPLACE\s+VIEW)\s+(\w+)",
+    re.IGNORECASE,
+)
+_TARGETS = (
+    re.compile(r"^\s*CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?:IF\s+NOT\s+EXISTS\s+)?\w+\s+ON\s+(\w+)", re.I),
+    re.compile(r"^\s*CREATE\s+(?:TABLE|(?:OR\s+REPLACE\s+)?VIEW)\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", re.I),
+    re.compile(r"^\s*ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(\w+)", re.I),
+    re.compile(r"^\s*CREATE\s+(?:OR\s+REPLACE\s+)?TRIGGER\s+\w+\s.*?\sON\s+(\w+)", re.I | re.S),
 )
 
 
+def ddl_target(statement: str) -> str | None:
+    """The table (or view) a DDL statement creates, indexes or alters; None for anything else."""
+    for pattern in _TARGETS:
+        match = pattern.match(statement)
+        if match is not None:
+            return match.group(1).lower()
+    return None
+
+
 async def _exists(tx: Transaction, statement: str) -> bool:
-    """Whether ``statement`` creates a table or index (IF NOT EXISTS) that is already there."""
+    """Whether ``statement`` creates a table, index (IF NOT EXISTS) or view that is already there."""
     match = _CREATES.match(statement)
     if match is None:
         return False

@@ -36,6 +36,14 @@ from strowger.tmf.query import Page, ResourceQuery, apply_query
 
 Document = dict[str, Any]
 
+# The TMF620 catalog's rows: what ordering validation, SOM decomposition and billing read. A view,
+# so that in a cluster where each component has its own schema (docs/operations.md) those readers
+# are granted SELECT on exactly the catalog, not on the catalog component's whole table.
+_CATALOG_ROWS = (
+    "SELECT collection, id, version, body FROM tmf_resource "
+    "WHERE collection LIKE 'productCatalogManagement/%'"
+)
+
 RESOURCE_TABLES = TableSet(
     name="tmf-resources",
     sqlite=[
@@ -46,6 +54,7 @@ RESOURCE_TABLES = TableSet(
             created_at TEXT NOT NULL,
             body TEXT NOT NULL,
             PRIMARY KEY (collection, id))""",
+        f"CREATE VIEW IF NOT EXISTS catalog_resource AS {_CATALOG_ROWS}",
     ],
     postgresql=[
         """CREATE TABLE IF NOT EXISTS tmf_resource (
@@ -55,6 +64,7 @@ RESOURCE_TABLES = TableSet(
             created_at TEXT NOT NULL,
             body JSONB NOT NULL,
             PRIMARY KEY (collection, id))""",
+        f"CREATE OR REPLACE VIEW catalog_resource AS {_CATALOG_ROWS}",
     ],
 )
 

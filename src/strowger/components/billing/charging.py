@@ -75,7 +75,7 @@ async def read_price_book(tx: Transaction) -> PriceBook:
     documents: dict[str, list[Mapping[str, Any]]] = {}
     for name in ("productOffering", "productOfferingPrice"):
         rows = await tx.fetchall(
-            "SELECT body FROM tmf_resource WHERE collection = ?", (f"{CATALOG_API.name}/{name}",)
+            "SELECT body FROM catalog_resource WHERE collection = ?", (f"{CATALOG_API.name}/{name}",)
         )
         documents[name] = [
             orjson.loads(row[0]) if isinstance(row[0], str | bytes) else row[0] for row in rows

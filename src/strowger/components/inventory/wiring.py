@@ -27,4 +27,9 @@ def install(platform: Platform) -> InventoryCommands:
     )
     platform.add_tables(RESOURCE_TABLES, INVENTORY_COMMAND_TABLES)
     platform.add_consumer(inventory_command_consumer(commands))
+    if platform.settings.database_schemas:  # a split cluster: ordering may not write our tables
+        from strowger.components.inventory.products import product_inventory_consumer
+        from strowger.components.inventory.service import ProductInventory
+
+        platform.add_consumer(product_inventory_consumer(ProductInventory(platform.database, sink)))
     return commands

@@ -110,18 +110,23 @@ def product_order_reference(service_order: Document) -> tuple[str | None, list[s
 async def record_products(tx: Transaction, inventory: ProductInventory, order: ProductOrder) -> None:
     """TMF637: a completed ``add`` item creates an active product, ``modify`` updates it, ``delete``
     terminates it. The product id is ``item.product.id`` if given, else ``<order id>-<item id>``."""
-    document = order.to_tmf()
+    await record_ordered_products(tx, inventory, order.to_tmf())
+
+
+async def record_ordered_products(tx: Transaction, inventory: ProductInventory, document: Document) -> None:
+    """:func:`record_products` from the order's TMF622 representation (as its notifications carry it)."""
+    order_id = str(document["id"])
     now = str(document.get("completionDate") or document["orderDate"])
     for item in document.get("productOrderItem", ()):
         if item.get("state") != "completed":
             continue
         product = dict(item.get("product") or {})
-        product_id = str(product.get("id") or f"{order.id}-{item['id']}")
+        product_id = str(product.get("id") or f"{order_id}-{item['id']}")
         action = item.get("action")
         if action == "delete":
             if await inventory.get(tx, product_id) is None:
                 log.warning(
-                    "order %s deletes product %s, which the inventory does not have", order.id, product_id
+                    "order %s deletes product %s, which the inventory does not have", order_id, product_id
                 )
                 continue
             await inventory.update(tx, product_id, {"status": "terminated", "terminationDate": now})

@@ -12,9 +12,11 @@ the order to ``inProgress`` or ``rejected``. The rules:
 * a party with role ``customer`` (any case) in ``relatedParty``;
 * a ``billingAccount`` on the order, or on every item.
 
-Product offerings, specifications and prices come from the TMF620 tables
-(``tmf_resource``). Service and resource specifications (TMF633/TMF634) have
-no API in Strowger yet: they are given as data (the sample catalog's by default).
+Product offerings, specifications and prices come from the TMF620 rows of
+``tmf_resource`` (the ``catalog_resource`` view: in a split cluster the only part
+of the catalog's schema other components are granted). Service and resource
+specifications (TMF633/TMF634) have no API in Strowger yet: they are given as data
+(the sample catalog's by default).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ async def read_catalog(tx: Transaction, technical: Mapping[str, Iterable[Documen
     documents: dict[str, list[Document]] = {name: list(docs) for name, docs in (technical or {}).items()}
     for name in CATALOG_COLLECTIONS:
         rows = await tx.fetchall(
-            "SELECT body FROM tmf_resource WHERE collection = ?", (f"{CATALOG_API.name}/{name}",)
+            "SELECT body FROM catalog_resource WHERE collection = ?", (f"{CATALOG_API.name}/{name}",)
         )
         documents[name] = [_body(row[0]) for row in rows]
     return Catalog.from_documents(documents)

@@ -23,7 +23,9 @@ def install(platform: Platform) -> OrderingService:
     database = platform.database
     store = open_event_store(database)
     service = OrderingService(database, store, platform.sink("ordering"))
-    inventory = ProductInventory(database, platform.sink("inventory"))
+    # In a split cluster the inventory component records the products itself (inventory-products).
+    split = bool(platform.settings.database_schemas)
+    inventory = None if split else ProductInventory(database, platform.sink("inventory"))
     platform.add_tables(store.tables, VIEW_TABLES, RESOURCE_TABLES, HUB_TABLES)
     guard = CallbackGuard.from_settings(platform.settings.hub_allowed_networks)
     platform.add_router(
