@@ -28,6 +28,7 @@ def _check_shape(result: dict[str, Any], *, events: int, db: str) -> None:
         assert ours[figure] > 0, figure
     assert 0 < ours["latency_p50_ms"] <= ours["latency_p99_ms"]
     assert 0 < ours["relay_latency_p50_ms"] <= ours["relay_latency_p99_ms"]
+    assert ours["relay_paced_rate_reached"] > 0
     assert ours["message_bytes"] > 100
     peer = result["peer"]
     assert peer["missing"] is None

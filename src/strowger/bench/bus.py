@@ -14,10 +14,13 @@ Strowger's figures (the bus under test, the database holding inbox, effects and 
   runner consumes; the send time travels in the payload and the handler measures it.
 * ``relay_per_s`` — N rows already committed in the outbox, published to the bus and
   marked by :class:`OutboxRelay` (its own ``relay_once`` loop).
-* ``relay_latency_p50_ms`` / ``relay_latency_p99_ms`` — commit→published: a paced writer
-  commits one outbox row per transaction at :data:`RELAY_PACED_RATE`/s while the relay
-  runs; latency = the row's ``published_at`` (stamped once the bus confirmed) - the
-  writer's clock just after its commit returned.
+* ``relay_latency_p50_ms`` / ``relay_latency_p99_ms`` — commit→published: paced writers
+  commit one outbox row per transaction at :data:`RELAY_PACED_RATE`/s (up to
+  :data:`RELAY_PACED_WRITERS` at once) while the relay runs; latency = when the relay
+  reported the row published (its pipeline observer, told after the bus confirmed and the
+  mark committed) - the writer's clock just after its commit returned.
+  ``relay_paced_rate_reached`` is the commit rate the writers actually reached; the target
+  counts as met only if it is within 5% of the paced rate.
 
 The peer, in the same run: confluent-kafka's own produce/consume loops
 (:mod:`strowger.bench.raw_kafka`), aio-pika's (:mod:`strowger.bench.raw_rabbitmq`), or for
@@ -107,6 +110,7 @@ class StrowgerFigures:
     relay_per_s: float = 0.0
     relay_latency_p50_ms: float = 0.0
     relay_latency_p99_ms: float = 0.0
+    relay_paced_rate_reached: float = 0.0  # commits/s the paced writers reached (the target is at 1,000)
     paced_rate: float = 0.0  # of the publish→handled phase: the peer's, or half our throughput if lower
     fill_publish_per_s: float = 0.0  # bus.publish in batches while filling (not a target)
     message_bytes: int = 0
@@ -370,7 +374,7 @@ async def _strowger_pipeline(
         batch_size=CONSUMER_BATCH,
     )
     runner = _TimedRunner(timing, batched, bus, database, fetch_timeout=0.2)
-    task = asyncio.create_task(runner.run())
+    task = asyncio.create_task(runner.run(), name="the consumer runner")
     try:
         progress("Strowger: consume → handle → commit (batch handler)", 0.2)
         await _wait(timing.reached, task, 300)
@@ -402,7 +406,7 @@ async def _per_event_pipeline(database: Database, bus: Bus, topic: str, events: 
         batch_size=CONSUMER_BATCH,
     )
     runner = _TimedRunner(timing, consumer, bus, database, fetch_timeout=0.2)
-    task = asyncio.create_task(runner.run())
+    task = asyncio.create_task(runner.run(), name="the consumer runner")
     try:
         await _wait(timing.reached, task, 300)
     finally:
@@ -424,15 +428,16 @@ async def _check_effects(database: Database, consumer: str, expected: int) -> No
 
 
 async def _wait(event: asyncio.Event, runner: asyncio.Task[None], timeout: float) -> None:
-    """Wait for ``event``; the runner failing (or the timeout) ends the benchmark with its error."""
+    """Wait for ``event``; the runner (a consumer runner or the relay) failing, or the timeout,
+    ends the benchmark with its error."""
     waiter = asyncio.create_task(event.wait())
     done, _ = await asyncio.wait({waiter, runner}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     if waiter not in done:
         waiter.cancel()
         if runner in done:
             runner.result()
-            raise RuntimeError("the consumer runner stopped")
-        raise TimeoutError(f"the consumer runner did not finish within {timeout}s")
+            raise RuntimeError(f"{runner.get_name()} stopped")
+        raise TimeoutError(f"{runner.get_name()} did not finish within {timeout}s")
 
 
 # -- Strowger: the outbox relay ---------------------------------------------------------------------------
@@ -445,6 +450,7 @@ async def _strowger_relay(
     for first in range(0, events, PUBLISH_BATCH):
         async with database.transaction() as tx:
             await outbox.add(tx, _messages(topic, first, min(PUBLISH_BATCH, events - first)))
+    await _analyze_outbox(database)
     relay = OutboxRelay(database, bus, outbox, retention=None)
     progress("Strowger: outbox relay", 0.55)
     started = time.perf_counter()
@@ -456,47 +462,96 @@ async def _strowger_relay(
         relayed += done
     figures.relay_per_s = events / (time.perf_counter() - started)
     progress("Strowger: paced commit → published", 0.65)
-    figures.relay_latency_p50_ms, figures.relay_latency_p99_ms = await _relay_latency(
-        database, relay, outbox, topic
-    )
+    await _analyze_outbox(database)
+    latency = await _relay_latency(database, bus, topic)
+    figures.relay_latency_p50_ms, figures.relay_latency_p99_ms, figures.relay_paced_rate_reached = latency
 
 
-async def _relay_latency(
-    database: Database, relay: OutboxRelay, outbox: Outbox, topic: str
-) -> tuple[float, float]:
+async def _analyze_outbox(database: Database) -> None:
+    """Give PostgreSQL the outbox's statistics, as autovacuum has in any running deployment.
+
+    The bench's outbox table is seconds old and was just filled (or just relayed): without
+    statistics the planner takes a batch with a bitmap scan, which walks every index entry of
+    rows already published (a bitmap scan never marks dead entries; a plain index scan does),
+    so each batch after a burst costs tens of milliseconds more than in a deployment whose
+    autovacuum analyzed the table after its first 10% of changes."""
+    if database.kind == "postgresql":
+        async with database.transaction() as tx:
+            await tx.execute("ANALYZE outbox")
+
+
+class _PublishedClock:
+    """A pipeline observer noting when the relay reported each message published (by its key).
+
+    The relay reports a batch after its transaction committed, i.e. after the bus confirmed
+    and the rows were marked: the end of commit→published."""
+
+    def __init__(self) -> None:
+        self.at: dict[str, float] = {}
+        self.all_published = asyncio.Event()
+        self.expected = 0
+
+    def published(self, messages: Sequence[Message]) -> None:
+        now = time.time()
+        for message in messages:
+            self.at[message.key] = now
+        if len(self.at) >= self.expected:
+            self.all_published.set()
+
+    def handled(self, *_args: Any) -> None:
+        pass
+
+    def failed(self, *_args: Any) -> None:
+        pass
+
+    def dead_lettered(self, *_args: Any) -> None:
+        pass
+
+
+RELAY_PACED_WRITERS = 4  # commits in flight at once, as concurrent requests would be
+
+
+async def _relay_latency(database: Database, bus: Bus, topic: str) -> tuple[float, float, float]:
+    """Commit→published p50/p99 of rows committed one per transaction at :data:`RELAY_PACED_RATE`/s,
+    and the commit rate reached.
+
+    Up to :data:`RELAY_PACED_WRITERS` transactions run at once: one writer committing in turn
+    cannot reach 1,000/s when a commit takes more than a millisecond (a loaded machine), and
+    the figure would then be at a lower rate than it says. A row's clock starts when its
+    commit returned, so waiting for a writer slot is not counted.
+    """
     count = int(RELAY_PACED_RATE * RELAY_PACED_SECONDS)
+    outbox, clock = Outbox(), _PublishedClock()
+    clock.expected = count
+    relay = OutboxRelay(database, bus, outbox, retention=None, observer=clock)
     committed: dict[str, float] = {}
-    task = asyncio.create_task(relay.run())
+    writers = asyncio.Semaphore(RELAY_PACED_WRITERS)
+
+    async def commit(n: int) -> None:
+        message = encode(_order_event(n), topic)
+        key = f"paced-{n}"  # a unique key per row: its publication is looked up by it
+        async with writers, database.transaction() as tx:
+            await outbox.add(tx, [Message(topic, key, message.headers, message.value)])
+        committed[key] = time.time()
+
+    task = asyncio.create_task(relay.run(), name="the outbox relay")
     try:
+        await asyncio.sleep(0.2)  # past the relay's first (full) round: from now on it waits
         started = time.perf_counter()
+        pending: list[asyncio.Task[None]] = []
         for n in range(count):
             delay = started + n / RELAY_PACED_RATE - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            message = encode(_order_event(n), topic)
-            key = f"paced-{n}"  # a unique key per row: its published_at is looked up by it
-            async with database.transaction() as tx:
-                await outbox.add(tx, [Message(topic, key, message.headers, message.value)])
-            committed[key] = time.time()
-        published = await _await_published(database, task, count)
+            pending.append(asyncio.create_task(commit(n)))
+        await asyncio.gather(*pending)
+        reached = count / max(time.perf_counter() - started, 1e-9)
+        await _wait(clock.all_published, task, 60)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    return _percentiles([(published[key] - at) * 1000 for key, at in committed.items()])
-
-
-async def _await_published(database: Database, relay: asyncio.Task[None], count: int) -> dict[str, float]:
-    deadline = time.perf_counter() + 60
-    while time.perf_counter() < deadline:
-        if relay.done():
-            relay.result()
-        rows = await database.fetchall(
-            "SELECT key, published_at FROM outbox WHERE key LIKE 'paced-%' AND published_at IS NOT NULL"
-        )
-        if len(rows) >= count:
-            return {str(key): float(at) for key, at in rows}
-        await asyncio.sleep(0.1)
-    raise TimeoutError("the relay did not publish the paced rows within 60s")
+    p50, p99 = _percentiles([(clock.at[key] - at) * 1000 for key, at in committed.items()])
+    return p50, p99, reached
 
 
 # -- the peers ---------------------------------------------------------------------------------------------
@@ -656,7 +711,8 @@ def _result(backend: str, db: str, events: int, ours: StrowgerFigures, peer: Pee
     meets: dict[str, bool | None] = {
         "consume_ratio": None if ratio is None else ratio >= TARGET_CONSUME_RATIO,
         "relay_per_s": ours.relay_per_s >= TARGET_RELAY_PER_S if db == "postgres" else None,
-        "relay_latency_p99": ours.relay_latency_p99_ms < TARGET_RELAY_P99_MS,
+        "relay_latency_p99": ours.relay_latency_p99_ms < TARGET_RELAY_P99_MS
+        and ours.relay_paced_rate_reached >= RELAY_PACED_RATE * 0.95,  # the target is AT 1,000/s
     }
     strowger = {name: round(value, 2) for name, value in asdict(ours).items()}
     peer_figures = asdict(peer)
@@ -735,7 +791,8 @@ def render_table(result: dict[str, Any]) -> Table:
         f"≥ {TARGET_RELAY_PER_S:,.0f} on PostgreSQL {_verdict(meets['relay_per_s'])}",
     )
     table.add_row(
-        f"commit → published p50 / p99 ms @ {result['relay_paced_rate']:,.0f}/s",
+        f"commit → published p50 / p99 ms @ {ours['relay_paced_rate_reached']:,.0f}/s"
+        f" (paced at {result['relay_paced_rate']:,.0f}/s)",
         f"{ours['relay_latency_p50_ms']:.1f} / {ours['relay_latency_p99_ms']:.1f}",
         "",
         "",
