@@ -39,6 +39,8 @@ def test_every_side_answers_201_and_stores_every_order() -> None:
         check_side(result[side])
     assert result["platform"]["consumers"]  # the platform's consumers worked during its run
     assert result["api_only"]["consumers"] == {}  # and not in the API-alone run
+    for side in ("platform", "api_only"):  # every stored order is counted in exactly one state
+        assert sum(result[side]["order_states"].values()) == result[side]["rows_committed"]
     assert isinstance(result["target_met"], bool)
     assert progress == sorted(progress) and progress[-1] == 1.0
     assert render_table(result).row_count == len(SIDES)

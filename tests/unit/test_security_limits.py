@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from strowger.security.limits import InputLimits, LimitExceeded, check_json, is_json
+from strowger.security.limits import PARSED_BODY, InputLimits, LimitExceeded, check_json, is_json, parsed_json
 
 LIMITS = InputLimits(max_body_bytes=1000, max_array_length=3, max_string_length=5, max_json_depth=4)
 
@@ -65,3 +65,11 @@ def test_a_hostile_depth_does_not_exhaust_the_stack() -> None:
 )
 def test_json_media_types(content_type: str, expected: bool) -> None:
     assert is_json(content_type) is expected
+
+
+def test_the_checked_document_is_handed_over_only_for_the_very_same_bytes() -> None:
+    body = b'{"productOrderItem": [{"id": "1"}]}'
+    scope: dict[str, object] = {PARSED_BODY: (body, {"productOrderItem": [{"id": "1"}]})}
+    assert parsed_json(scope, body) == ({"productOrderItem": [{"id": "1"}]},)
+    assert parsed_json(scope, body + b" ") is None
+    assert parsed_json({}, body) is None

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from fastapi import APIRouter, FastAPI, HTTPException
+from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 
 from strowger.errors import ConcurrencyConflict, ServiceUnavailable
-from strowger.tmf.errors import BadRequest, Conflict, TmfRoute, as_api_error, error_body
+from strowger.tmf.errors import BadRequest, Conflict, JsonResponse, TmfRoute, as_api_error, error_body
 from strowger.tmf.resources import Lifecycle, schema_validator
 
 
@@ -99,3 +99,43 @@ def test_schema_validator_names_nested_fields() -> None:
     with pytest.raises(BadRequest) as wrong:
         validate({"name": "x", "period": {"start": 1}})
     assert wrong.value.field == "period.start"
+
+
+def request_only_routes() -> tuple[FastAPI, dict[str, TmfRoute]]:
+    router = APIRouter(route_class=TmfRoute)
+
+    @router.post("/echo")
+    async def echo(request: Request) -> Response:
+        return JsonResponse({"length": len(await request.body())}, status_code=201)
+
+    @router.post("/refuse")
+    async def refuse(request: Request) -> Response:
+        raise BadRequest("no", field="x")
+
+    @router.get("/plain")
+    async def plain(request: Request) -> dict[str, str]:
+        return {"converted": "by FastAPI"}
+
+    app = FastAPI()
+    app.include_router(router)
+    routes = {route.path: route for route in router.routes if isinstance(route, TmfRoute)}
+    return app, routes
+
+
+def test_only_request_to_response_endpoints_skip_fastapis_handler() -> None:
+    _, routes = request_only_routes()
+    assert routes["/echo"]._direct_handler() is not None
+    assert routes["/refuse"]._direct_handler() is not None
+    assert routes["/plain"]._direct_handler() is None  # a result to convert
+
+
+async def test_endpoints_called_directly_answer_as_through_fastapi() -> None:
+    app, _ = request_only_routes()
+    transport = httpx.ASGITransport(app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        echoed = await client.post("/echo", content=b"12345")
+        refused = await client.post("/refuse")
+        plain = await client.get("/plain")
+    assert (echoed.status_code, echoed.json()) == (201, {"length": 5})
+    assert refused.status_code == 400 and refused.json()["@type"] == "Error"
+    assert plain.json() == {"converted": "by FastAPI"}

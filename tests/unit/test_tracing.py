@@ -181,3 +181,53 @@ def test_an_otlp_endpoint_adds_an_exporter_and_none_adds_nothing() -> None:
     exporting = configure_tracing(TracingSettings(otlp_endpoint="http://127.0.0.1:1"))
     assert len(exporting._active_span_processor._span_processors) == 1
     tracing.shutdown_tracing()
+
+
+# Without an exporter: non-recording spans, the same ids and sampling as the SDK's --------------
+
+
+@pytest.fixture
+def unexported() -> Iterator[None]:
+    configure_tracing(TracingSettings())
+    yield
+    tracing.shutdown_tracing()
+
+
+async def test_without_exporter_an_api_call_still_continues_the_callers_trace(unexported: None) -> None:
+    seen: list[tuple[str, str]] = []
+    caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    response = await get(api(seen), "/productOrder/PO-1", {CORRELATION_HEADER: "abc", "traceparent": caller})
+    assert response.headers[CORRELATION_HEADER] == "abc"
+    _, trace_id, span_id, flags = seen[0][1].split("-")
+    assert trace_id == "0af7651916cd43dd8448eb211c80319c"
+    assert span_id != "b7ad6b7169203331" and int(span_id, 16) != 0
+    assert int(flags, 16) & 1 == 1  # sampled, as the caller asked
+    assert current_traceparent() == ""  # the request's span is current only while it is served
+
+
+async def test_without_exporter_each_publish_of_a_request_gets_its_own_span_in_one_trace(
+    unexported: None,
+) -> None:
+    seen: list[tuple[str, str]] = []
+    app = api(seen)
+    await get(app, "/productOrder/PO-1")
+    await get(app, "/productOrder/PO-2")
+    first, second = (traceparent.split("-") for _, traceparent in seen)
+    assert first[1] != second[1]  # a request without traceparent starts a trace of its own
+    assert len(first[1]) == 32 and len(first[2]) == 16
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0])
+@pytest.mark.parametrize("parent", [None, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"])
+def test_an_unexported_span_has_the_sampling_flags_the_sdk_gives(ratio: float, parent: str | None) -> None:
+    configure_tracing(TracingSettings(trace_sample_ratio=ratio))
+    try:
+        context = tracing.context_from(parent or "")
+        light = tracing.unexported_span("x", context).get_span_context()
+        sdk = tracing.tracer().start_span("x", context=context).get_span_context()
+        assert light.trace_flags == sdk.trace_flags
+        assert light.is_valid and not light.is_remote
+        if parent:
+            assert light.trace_id == sdk.trace_id == int(parent.split("-")[1], 16)
+    finally:
+        tracing.shutdown_tracing()

@@ -20,7 +20,9 @@ seeded: every side gets the same bodies) as fast as the answers come back.
 Figures per side: requests/s over the measured requests (after a warm-up), per-request
 latency p50/p95/p99/max as the client saw it, errors (any answer but 201, or a failed
 connection: must be 0), the server process's CPU per request, and the rows the server
-committed (every 201 must be a stored order).
+committed (every 201 must be a stored order); for the platform sides, the events each
+consumer applied and the orders per state when the load stopped (with the consumers
+paced while requests are served, fulfilment lags behind a burst rather than the API).
 """
 
 from __future__ import annotations
@@ -351,9 +353,19 @@ async def _strowger(driver: _Driver, plan: Plan, directory: Path, *, consumers: 
         raw = await driver.run(base_url + ORDER_PATH, {"X-API-Key": api_key}, plan, label, span)
         row = await platform.database.fetchone("SELECT COUNT(*) FROM product_order_view")
         stages = _stages(platform)
+        states = await _order_states(platform)
     result = figures(raw, int(row[0]) if row else 0, _created(raw))
     result["consumers"] = stages
+    result["order_states"] = states
     return result
+
+
+async def _order_states(platform: Platform) -> dict[str, int]:
+    """Orders per state when the load stopped: how far fulfilment followed the API (or lagged)."""
+    rows = await platform.database.fetchall(
+        "SELECT state, COUNT(*) FROM product_order_view GROUP BY state ORDER BY state"
+    )
+    return {str(state): int(count) for state, count in rows}
 
 
 def _created(raw: dict[str, Any]) -> int:

@@ -43,6 +43,10 @@ switchable per runner so benches can measure with and without:
 * ``timeline``: one trace hop per applied, parked or dead event, written in the
   batch's transaction (a hop exists iff the work committed).
 * ``observer``: told after commit what was applied, failed, dead-lettered (metrics).
+
+Between batches a runner gives the event loop a turn, and with a ``pacer``
+(:mod:`strowger.bus.pacing`, the platform's) waits while HTTP requests of the same
+process are owed their share of the loop.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from strowger.bus.observe import APPLIED, DUPLICATE, NULL_OBSERVER, PipelineObserver, is_null, trace_emitted
+from strowger.bus.pacing import LoopPacer
 from strowger.bus.port import Bus, Delivery, Subscriber
 from strowger.errors import MalformedMessage, SchemaViolation, is_transient
 from strowger.events.envelope import Envelope, Message, decode, encode
@@ -239,6 +244,7 @@ class ConsumerRunner:
         tracing: bool | None = None,
         timeline: bool = False,
         create_tables: bool = True,
+        pacer: LoopPacer | None = None,
     ) -> None:
         self.consumer = consumer
         self.bus = bus
@@ -262,6 +268,7 @@ class ConsumerRunner:
         self.create_tables = create_tables
         self._observing = not is_null(observer)
         self._recorder = TraceRecorder()
+        self.pacer = pacer  # shares the loop with HTTP requests served by this process
 
     @property
     def name(self) -> str:
@@ -312,10 +319,26 @@ class ConsumerRunner:
     # The live path -------------------------------------------------------------------------
 
     async def _consume(self, subscriber: Subscriber) -> None:
+        clock = time.perf_counter
+        seconds_per_event = 0.0  # of the last batch, to size the next one while pacing
         while True:
-            batch = await subscriber.fetch(self.consumer.batch_size, self.fetch_timeout)
+            size = self.consumer.batch_size
+            if self.pacer is not None:
+                size = self.pacer.batch_size(size, seconds_per_event)
+            batch = await subscriber.fetch(size, self.fetch_timeout)
             if batch:
+                started = clock()
                 await self.process(subscriber, batch)
+                if self.pacer is not None:
+                    seconds = clock() - started
+                    seconds_per_event = seconds / len(batch)
+                    self.pacer.spent(seconds)
+                    await self.pacer.turn()
+                else:
+                    # SQLite work never suspends, nor does a fetch with a backlog waiting:
+                    # without this turn a consumer works off its whole backlog in one go,
+                    # and nothing else in the process (HTTP, other consumers) runs meanwhile.
+                    await asyncio.sleep(0)
 
     async def process(self, subscriber: Subscriber, batch: Sequence[Delivery]) -> None:
         """Apply one fetched batch in one transaction, then acknowledge it.

@@ -424,7 +424,10 @@ class ProjectionRunner:
             count = await self.run_once()
             if count >= self.batch_size:
                 await self._report_lag_while_behind()
-                continue  # more is waiting: no pause
+                # More is waiting: no pause, but one turn of the event loop (SQLite work never
+                # suspends: a catch-up would otherwise hold the whole process until it ends).
+                await asyncio.sleep(0)
+                continue
             await self.report_lag()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(

@@ -5,7 +5,8 @@ big: from ``Content-Length`` before reading anything, otherwise while the
 chunks stream in (a chunked upload cannot lie its way past the limit). A JSON
 body is then parsed once and walked; the first array, string or nesting over
 its limit is refused with 400 naming its path (``$.productOrderItem[3].note``).
-The handler receives the very bytes that were checked.
+The handler receives the very bytes that were checked, and the document parsed from
+them (:func:`parsed_json`), so a route does not parse the same body twice.
 """
 
 from __future__ import annotations
@@ -35,6 +36,17 @@ class InputLimits:
             max_string_length=settings.max_string_length,
             max_json_depth=settings.max_json_depth,
         )
+
+
+PARSED_BODY = "strowger.parsed_body"  # scope key: (body, document) as checked here
+
+
+def parsed_json(scope: Scope, body: bytes) -> tuple[Any] | None:
+    """``(document,)`` if this middleware already parsed exactly ``body`` for this request, else None."""
+    parsed: tuple[bytes, Any] | None = scope.get(PARSED_BODY)
+    if parsed is None or parsed[0] != body:
+        return None
+    return (parsed[1],)
 
 
 class LimitExceeded(BadRequest):
@@ -151,6 +163,7 @@ class InputLimitMiddleware:
         except orjson.JSONDecodeError as exc:
             raise BadRequest(f"The body is not valid JSON: {exc}", code="invalidBody") from None
         check_json(document, self.limits)
+        scope[PARSED_BODY] = (body, document)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -14,6 +14,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.openapi.utils import get_openapi
 
+from strowger.security.limits import parsed_json
 from strowger.store.db import Database
 from strowger.tmf.errors import (
     BadRequest,
@@ -53,8 +54,12 @@ async def read_json(request: Request, limit: int, media_types: tuple[str, ...] =
         if size > limit:
             raise PayloadTooLarge(f"the body may be at most {limit} bytes")
         chunks.append(chunk)
+    body = b"".join(chunks)
+    parsed = parsed_json(request.scope, body)  # the input-limit middleware's parse of these bytes
+    if parsed is not None:
+        return parsed[0], media_type
     try:
-        return orjson.loads(b"".join(chunks)), media_type
+        return orjson.loads(body), media_type
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}", code="invalidBody") from None
 

@@ -1,0 +1,109 @@
+"""The loop pacer: consumers leave HTTP requests their share of the event loop, and only then."""
+
+from __future__ import annotations
+
+import pytest
+
+from strowger.bus.pacing import LoopPacer
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def pacer(clock: Clock, share: float = 0.5) -> LoopPacer:
+    return LoopPacer(share, load_window=0.5, busy_load=0.2, batch_budget=0.01, burst=0.05, clock=clock)
+
+
+def busy_api(paced: LoopPacer, clock: Clock, seconds: float = 0.5) -> None:
+    """Requests taking the whole loop for ``seconds`` (one of a millisecond at a time)."""
+    for _ in range(int(seconds * 1000)):
+        clock.now += 0.001
+        paced.served(0.001)
+
+
+def test_with_no_request_served_consumers_never_wait_and_take_full_batches() -> None:
+    clock = Clock()
+    paced = pacer(clock)
+    paced.spent(3.0)  # a long batch, nobody waiting for the loop
+    assert paced.delay() == 0.0
+    assert paced.batch_size(100, 0.02) == 100
+
+
+def test_a_lightly_used_api_does_not_hold_the_consumers_back() -> None:
+    clock = Clock()
+    paced = pacer(clock)
+    for _ in range(50):  # a 2 ms request every 100 ms: 2% of the loop
+        clock.now += 0.1
+        paced.served(0.002)
+    assert not paced.busy
+    paced.spent(1.0)
+    assert paced.delay() == 0.0
+    assert paced.batch_size(100, 0.002) == 5  # yet batches stay short, so requests interleave
+
+
+def test_while_the_api_is_busy_a_batch_over_its_share_makes_the_next_wait() -> None:
+    clock = Clock()
+    paced = pacer(clock)
+    busy_api(paced, clock)
+    assert paced.busy
+    clock.now += 0.2
+    paced.spent(0.2)  # 0.2 s taken from a bucket of 0.05
+    assert paced.delay() == pytest.approx(0.15 / 0.5)
+    clock.now += 0.31  # refilled at half a second per second: in credit again
+    assert paced.delay() == 0.0
+
+
+def test_the_api_stays_busy_across_a_batch_that_kept_it_from_serving() -> None:
+    clock = Clock()
+    paced = pacer(clock)
+    busy_api(paced, clock)
+    clock.now += 0.05  # a batch ran: no request could be served meanwhile
+    assert paced.busy
+
+
+def test_several_batches_may_run_in_one_turn_while_time_is_left() -> None:
+    clock = Clock()
+    paced = pacer(clock)
+    busy_api(paced, clock)
+    paced.spent(0.02)
+    assert paced.delay() == 0.0
+    paced.spent(0.02)
+    assert paced.delay() == 0.0
+    paced.spent(0.02)
+    assert paced.delay() > 0
+
+
+def test_batches_are_sized_to_the_budget_while_busy() -> None:
+    clock = Clock()
+    paced = pacer(clock)
+    busy_api(paced, clock)
+    assert paced.batch_size(100, 0.001) == 10
+    assert paced.batch_size(100, 0.5) == 1  # never zero
+    assert paced.batch_size(5, 0.0001) == 5  # never above the consumer's own size
+    assert paced.batch_size(100, 0.0) == 100  # no cost known yet
+    clock.now += 2.0
+    assert paced.batch_size(100, 0.001) == 100  # the API went quiet
+
+
+def test_a_whole_share_never_waits() -> None:
+    clock = Clock()
+    paced = pacer(clock, share=1.0)
+    busy_api(paced, clock)
+    paced.spent(10.0)
+    assert paced.delay() == 0.0
+
+
+async def test_turn_returns_at_once_when_nothing_is_owed() -> None:
+    paced = LoopPacer()
+    await paced.turn()
+    assert paced.delay() == 0.0
+
+
+def test_a_share_outside_zero_to_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="share"):
+        LoopPacer(0.0)
