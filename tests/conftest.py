@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from strowger.bus.embedded import EmbeddedBus
 from strowger.store.db import Database
 from strowger.store.postgres import PostgresDatabase
 from strowger.store.sqlite import SqliteDatabase
@@ -88,6 +89,16 @@ async def postgres_db(postgres_url: str) -> AsyncIterator[Database]:
     async with database.transaction() as tx:
         await tx.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     await database.close()
+
+
+@pytest.fixture
+async def external_bus(sqlite_db: Database) -> AsyncIterator[EmbeddedBus]:
+    """An embedded log in ANOTHER database than the outbox's: a relay must publish, wait for the
+    log's commit, then mark its rows (the path a broker such as Kafka takes)."""
+    bus = EmbeddedBus("embedded://", database=sqlite_db)
+    await bus.start()
+    yield bus
+    await bus.stop()
 
 
 def unique(prefix: str) -> str:

@@ -3,7 +3,7 @@ partition, taken and marked by one statement, published in (partition, id) order
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import orjson
 import pytest
@@ -19,15 +19,6 @@ from tests.contract.bus_contract import drain
 from tests.contract.runtime_contract import event
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def external_bus(sqlite_db: Database) -> AsyncIterator[EmbeddedBus]:
-    """A log in another database: the relay publishes, waits, then marks (the Kafka path)."""
-    bus = EmbeddedBus("embedded://", database=sqlite_db)
-    await bus.start()
-    yield bus
-    await bus.stop()
 
 
 @pytest.fixture

@@ -63,14 +63,6 @@ class TestRuntimeOnEmbeddedPostgres(RuntimeContract):
 # The outbox relay against an external bus (the log in another database), on PostgreSQL ---------
 
 
-@pytest.fixture
-async def external_bus(sqlite_db: Database) -> AsyncIterator[EmbeddedBus]:
-    bus = EmbeddedBus("embedded://", database=sqlite_db)
-    await bus.start()
-    yield bus
-    await bus.stop()
-
-
 async def _read_all(bus: EmbeddedBus, topic: str, count: int) -> list[Message]:
     member = bus.subscriber(unique("reader"), [topic])
     await member.start()
