@@ -33,6 +33,24 @@ async def cluster(tmp_path: Path, postgres_url: str, kafka_url: str) -> AsyncIte
         yield running
     finally:
         await running.down()
+    left = await asyncio.to_thread(kafka_leftovers, kafka_url, plan.bus_namespace)
+    for _ in range(30):  # a deleted topic may linger in the metadata for a moment
+        if left == ([], []):
+            break
+        await asyncio.sleep(1)
+        left = await asyncio.to_thread(kafka_leftovers, kafka_url, plan.bus_namespace)
+    assert left == ([], [])
+
+
+def kafka_leftovers(kafka_url: str, namespace: str) -> tuple[list[str], list[str]]:
+    """The topics and consumer groups of ``namespace`` still on the broker after ``down``."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": kafka_url.split("://", 1)[1]})
+    prefix = f"{namespace}."
+    topics = [name for name in admin.list_topics(timeout=10).topics if name.startswith(prefix)]
+    groups = admin.list_consumer_groups(request_timeout=10).result().valid
+    return topics, [group.group_id for group in groups if group.group_id.startswith(prefix)]
 
 
 def plan_with_second(plan, name):  # type: ignore[no-untyped-def]

@@ -300,6 +300,7 @@ async def drop_resources(plan: ClusterPlan) -> None:
 
 
 def _delete_kafka_topics(plan: ClusterPlan) -> None:
+    """Delete the namespace's topics and consumer groups (best effort: a leftover harms no one)."""
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient({"bootstrap.servers": kafka_servers(plan.bus_url)})
@@ -307,7 +308,13 @@ def _delete_kafka_topics(plan: ClusterPlan) -> None:
     topics = [name for name in admin.list_topics(timeout=10).topics if name.startswith(prefix)]
     if topics:
         for future in admin.delete_topics(topics, operation_timeout=30).values():
-            with contextlib.suppress(Exception):  # best effort: a leftover topic harms no one
+            with contextlib.suppress(Exception):
+                future.result()
+    with contextlib.suppress(Exception):  # every process has stopped: its groups are empty
+        listed = admin.list_consumer_groups(request_timeout=10).result()
+        groups = [group.group_id for group in listed.valid if group.group_id.startswith(prefix)]
+        for future in (admin.delete_consumer_groups(groups, request_timeout=30) if groups else {}).values():
+            with contextlib.suppress(Exception):
                 future.result()
 
 
