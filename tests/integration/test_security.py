@@ -430,6 +430,14 @@ def test_no_admin_key_when_security_is_disabled(tmp_path: Path) -> None:
     assert not (tmp_path / "keys.json").exists()
 
 
+def test_production_turns_the_admin_key_off_and_nothing_is_written(tmp_path: Path) -> None:
+    settings = SecuritySettings(admin_key=False, api_keys_file=tmp_path / "keys.json")
+
+    assert ensure_admin_credentials(settings, tmp_path) == ""
+    assert not (tmp_path / "keys.json").exists()
+    assert not (tmp_path / "security").exists()
+
+
 def test_the_openapi_document_declares_both_credentials_and_the_open_routes() -> None:
     document = build_app().openapi()
 

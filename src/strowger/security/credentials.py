@@ -25,9 +25,10 @@ def ensure_admin_credentials(settings: SecuritySettings, data_dir: Path | str) -
 
     Idempotent: later calls return the same key. The hash goes to
     ``settings.api_keys_file`` (the file the server reads keys from). Returns
-    "" when authentication is disabled (there is nothing to print).
+    "" when authentication is disabled (there is nothing to print) or the admin key is turned off
+    (``STROWGER_SECURITY_ADMIN_KEY=false``: nothing is written either).
     """
-    if not settings.enabled:
+    if not settings.enabled or not settings.admin_key:
         return ""
     if settings.api_keys_file is None:
         raise ConfigError("STROWGER_SECURITY_API_KEYS_FILE", "a file to register the admin key in")

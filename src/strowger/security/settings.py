@@ -67,6 +67,11 @@ class SecuritySettings(BaseSettings):
     jwt_algorithms: tuple[Algorithm, ...] = ("RS256", "ES256", "HS256")
     jwt_leeway_seconds: float = Field(30.0, ge=0, le=300)
 
+    # Create (once, under var/security) and print at start an admin API key: the embedded default's
+    # way in. Production sets it false: keys and tokens come from its Secrets and identity provider,
+    # and no admin credential is written to a pod's disk or logs.
+    admin_key: bool = True
+
     api_keys: tuple[ApiKeyEntry, ...] = ()
     # Extra key entries in a JSON file (a list of entries); ensure_admin_credentials writes here.
     api_keys_file: Path | None = Path("var/security/api-keys.json")
