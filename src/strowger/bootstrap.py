@@ -403,6 +403,7 @@ def _operations(platform: Platform) -> None:
 
 def _monitoring(platform: Platform) -> None:
     """Gauges that need a query, and the alert rules over the same observations."""
+    from strowger.components.database import operations_across_components
     from strowger.ops.alerts import AlertEngine, AlertMonitor, AlertSettings
     from strowger.ops.sampler import PlatformSampler, run_monitor
 
@@ -412,6 +413,7 @@ def _monitoring(platform: Platform) -> None:
         platform.metrics,
         platform.runners,  # filled as components add consumers; read at each sample
         sagas=any(table.name.startswith("saga") for table in platform.tables),
+        outbox_across_components=operations_across_components(platform.settings),
     )
     engine = AlertEngine.from_settings(AlertSettings())
     monitor = AlertMonitor(platform.database, sampler, platform.sink("operations"), engine)

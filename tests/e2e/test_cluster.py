@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import orjson
 import psycopg
 import pytest
 
@@ -15,6 +17,7 @@ from strowger.cluster.plan import plan_cluster
 from strowger.cluster.provision import schema_of
 from strowger.cluster.routing import ClusterTransport
 from strowger.cluster.supervisor import Cluster
+from strowger.components.database import parked_id_range
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(600)]
 ORDERS = "/tmf-api/productOrderingManagement/v4/productOrder"
@@ -99,6 +102,8 @@ async def test_orders_complete_across_processes_and_survive_a_killed_som(cluster
         assert (await client.get("/dlq")).json() == []
         trace = await client.get(f"/trace/{before[0]}")
         assert trace.status_code == 200 and trace.json()["id"] == before[0], trace.text
+        await operations_repairs_other_components_dead_letters(cluster, client)
+        await operations_sees_every_outbox_and_the_sagas(client)
 
         cluster.kill("service-ordering", signal.SIGKILL)
         assert not cluster.alive("service-ordering")
@@ -127,3 +132,75 @@ async def each_component_reads_only_its_own_tables(cluster: Cluster) -> None:
     async with await psycopg.AsyncConnection.connect(plan.database_url, autocommit=True) as admin:
         charged = await (await admin.execute(f"SELECT count(*) FROM {billing_table}")).fetchone()  # noqa: S608
     assert charged is not None and charged[0] > 0
+
+
+async def operations_repairs_other_components_dead_letters(
+    cluster: Cluster, client: httpx.AsyncClient
+) -> None:
+    """A dead letter of billing, replayed through operations' /dlq, is settled by billing's own
+    runtime (its inbox had applied the event: replay is idempotent); one of ROM's is discarded."""
+    plan = cluster.plan
+    billing, rom = schema_of(plan, "billing"), schema_of(plan, "resource-ordering")
+    async with await psycopg.AsyncConnection.connect(plan.database_url, autocommit=True) as admin:
+        message = await an_applied_event(admin, schema_of(plan, "ordering"), billing, "billing")
+        replayed = await park_dead(admin, billing, "billing", message, message["eventId"])
+        discarded = await park_dead(admin, rom, "rom", message, "e2e-poison")
+        assert parked_id_range("billing")[0] <= replayed <= parked_id_range("billing")[1]
+        assert parked_id_range("resource-ordering")[0] <= discarded <= parked_id_range("resource-ordering")[1]
+        listed = {letter["id"]: letter["consumer"] for letter in (await client.get("/dlq")).json()}
+        assert listed == {replayed: "billing", discarded: "rom"}
+        answer = await client.post("/dlq/replay", json={"ids": [replayed]})
+        assert answer.json()["ids"] == [replayed], answer.text
+        assert (await client.post(f"/dlq/{discarded}/discard")).status_code == 200
+        async with asyncio.timeout(30):
+            while (shown := await client.get(f"/dlq/{replayed}")).status_code != 404:
+                assert shown.json()["status"] in ("dead", "retrying"), shown.text
+                await asyncio.sleep(0.5)
+        left = await admin.execute(f'SELECT count(*) FROM "{rom}".parked')  # noqa: S608
+        assert await left.fetchone() == (0,)
+
+
+async def an_applied_event(
+    admin: psycopg.AsyncConnection[object], producer: str, schema: str, consumer: str
+) -> dict[str, object]:
+    """An event of ``producer``'s outbox that ``consumer`` (in ``schema``) has applied."""
+    cursor = await admin.execute(
+        f'SELECT o.topic, o.key, o.headers, o.value, o.partition FROM "{producer}".outbox o '  # noqa: S608
+        f'JOIN "{schema}".inbox i ON i.event_id = o.headers::jsonb ->> %s AND i.consumer = %s LIMIT 1',
+        ("eventId", consumer),
+    )
+    row = await cursor.fetchone()
+    assert row is not None, f"{consumer} applied no event of {producer}"
+    topic, key, headers, value, partition = row
+    return {"topic": topic, "key": key, "headers": headers, "value": value, "partition": partition,
+            **orjson.loads(headers)}  # fmt: skip
+
+
+async def park_dead(
+    admin: psycopg.AsyncConnection[object],
+    schema: str,
+    consumer: str,
+    message: dict[str, object],
+    event_id: object,
+) -> int:
+    """Park ``message`` dead for ``consumer`` in its own schema, as its runtime would; its id."""
+    columns = ("key", "eventType", "topic", "partition", "key", "headers", "value")
+    entity, event_type, topic, partition, key, headers, value = (message[name] for name in columns)
+    values = (consumer, entity, event_id, event_type, topic, partition, key, headers, value, time.time())
+    cursor = await admin.execute(
+        f'INSERT INTO "{schema}".parked (consumer, entity_key, event_id, event_type, topic, partition, '  # noqa: S608
+        '"offset", key, headers, value, delivered_at, status, attempts, error_type, created_at) '
+        "VALUES (%s, %s, %s, %s, %s, %s, 0, %s, %s, %s, %s, 'dead', 3, 'KeyError', 0) RETURNING id",
+        values,
+    )
+    created = await cursor.fetchone()
+    assert created is not None
+    return int(created[0])
+
+
+async def operations_sees_every_outbox_and_the_sagas(client: httpx.AsyncClient) -> None:
+    overview = (await client.get("/dashboard/api/overview")).json()
+    outboxes = {entry["component"] for entry in overview["outbox"]["components"]}
+    assert {"ordering", "service-ordering", "billing", "operations"} <= outboxes, overview["outbox"]
+    started = sum(saga["started"] for saga in overview["sagas"]["types"])
+    assert started >= 3, overview["sagas"]  # SOM's sagas, not operations' empty copy

@@ -73,6 +73,20 @@ async def wait_for(client: httpx.AsyncClient, href: str, states: set[str]) -> di
     pytest.fail(f"{href} never reached {states}: {order.get('state')}")
 
 
+async def products_of(client: httpx.AsyncClient, customer: str, timeout: float = 30.0) -> list[Any]:
+    """The customer's TMF637 products once there are any (the inventory records them from the
+    order's completion event: a moment after the order reads completed)."""
+    products: list[Any] = []
+    async with asyncio.timeout(timeout):
+        while not products:
+            params = {"relatedParty.id": customer}
+            listed = await client.get("/tmf-api/productInventory/v4/product", params=params, headers=HEADERS)
+            products = listed.json()
+            if not products:
+                await asyncio.sleep(0.05)
+    return products
+
+
 def ledger(platform: Platform) -> BillingLedger:
     return BillingLedger(platform.database, CustomerBilling(platform.database, platform.sink("test")))
 
@@ -103,12 +117,8 @@ async def test_a_product_order_is_fulfilled_completed_and_charged(
     assert resource_orders and resource_orders[0]["state"] == "completed"
     services = (await client.get("/tmf-api/serviceInventory/v4/service", headers=HEADERS)).json()
     assert services and {service["state"] for service in services} == {"active"}
-    products = (
-        await client.get(
-            "/tmf-api/productInventory/v4/product", params={"relatedParty.id": "CUST-1"}, headers=HEADERS
-        )
-    ).json()
-    assert products
+    products = await products_of(client, "CUST-1")  # recorded by the inventory, one hop after
+    assert [product["productOrderItem"][0]["productOrderId"] for product in products] == [order["id"]]
 
     for _ in range(100):  # billing reacts to the completion by choreography
         net = await ledger(platform).charges_minus_credits(order["id"])

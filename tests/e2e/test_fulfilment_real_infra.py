@@ -289,6 +289,10 @@ async def test_an_orchestrator_killed_mid_saga_resumes_it_and_does_nothing_twice
         assert await count(database, "SELECT COUNT(*) FROM activation_request") == 1
         network = (await client.get(f"/activation/config/{saga['id']}")).json()
         assert network and {config["state"] for config in network} == {"configured"}
+        # The inventory records the product from the order's completion event, a hop later.
+        await until(
+            lambda: count(database, resources, "productInventory/product"), "the product to be recorded"
+        )
         assert await count(database, resources, "productInventory/product") == 1
 
         async def charged() -> int:

@@ -7,12 +7,19 @@ running cluster is tests/e2e/test_cluster.py.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 import psycopg
 import pytest
+from typer.testing import CliRunner
 
+from strowger.bus.port import Delivery
 from strowger.cluster.plan import ClusterPlan, plan_cluster
 from strowger.cluster.provision import (
     ProvisionError,
@@ -22,7 +29,18 @@ from strowger.cluster.provision import (
     schema_map,
     schema_of,
 )
-from strowger.components.database import DIRECTORY, borrowed_by, borrowed_names
+from strowger.commands.dlq import dlq_app
+from strowger.components.database import DIRECTORY, borrowed_by, borrowed_names, parked_homes, parked_id_range
+from strowger.components.registry import COMPONENTS
+from strowger.events.envelope import Message
+from strowger.ops.dashboard.data import outbox_backlog, saga_health
+from strowger.ops.dlq_api import dead_letter_queue_for
+from strowger.ops.metrics import Metrics
+from strowger.ops.sampler import PlatformSampler
+from strowger.saga.model import SagaStatus
+from strowger.settings import Settings
+from strowger.store.db import Database
+from strowger.store.deadletters import DeadLetterFilter, Failure, ParkingLot, ReplayReport, Status
 from strowger.store.outbox_schemas import pending_probe
 from strowger.store.postgres import PostgresDatabase, ddl_target
 
@@ -156,7 +174,9 @@ def test_ddl_targets_name_the_table_a_statement_touches() -> None:
 def test_operations_borrows_from_the_directory_and_ordering_from_its_owners() -> None:
     schemas = {DIRECTORY: "d", **{name: f"s_{name}" for name in ("operations", "ordering", "catalog")}}
     schemas.update({"service-ordering": "s_som", "hub-delivery": "s_hub"})
-    assert {item.source_schema for item in borrowed_by("operations", schemas)} == {"d"}
+    operations = {item.name: item.source_schema for item in borrowed_by("operations", schemas)}
+    assert operations.pop("sagas") == operations.pop("saga_steps") == operations.pop("saga_log") == "s_som"
+    assert set(operations.values()) == {"d"} and "outbox_backlog" in operations
     ordering = {item.name: item.source_schema for item in borrowed_by("ordering", schemas)}
     assert ordering["catalog_resource"] == "s_catalog"
     assert ordering["saga_log"] == ordering["sagas"] == "s_som"
@@ -175,3 +195,158 @@ async def test_the_relays_watcher_finds_the_schemas_with_rows_waiting(provisione
     async with PostgresDatabase(urls["relay"]) as relay:  # the relay's role, no schema of its own set
         waiting = await relay.fetchall(pending_probe(schemas))
     assert waiting == [(schema_of(plan, "ordering"),)]
+
+
+def component_database(plan: ClusterPlan, urls: dict[str, str], component: str) -> PostgresDatabase:
+    """``component``'s database as its process opens it: its role, its schema, its borrowed views."""
+    schemas = schema_map(plan)
+    return PostgresDatabase(
+        urls[component], schema=schemas[component], borrowed=borrowed_names(component, schemas)
+    )
+
+
+async def park_dead(database: Database, consumer: str, event_id: str, *, behind: bool = False) -> int:
+    """A dead letter of ``consumer`` for entity E-1 (``behind``: a later event blocked behind it); its id."""
+    message = Message("bss.test.events", "E-1", {"eventId": event_id, "eventType": "TestEvent"}, b"{}")
+    delivery = Delivery(message, partition=0, offset=1, timestamp=datetime.now(UTC))
+    status = Status.BLOCKED if behind else Status.DEAD
+    failure = None if behind else Failure.of(ValueError("no such offering"))
+    async with database.transaction() as tx:
+        await ParkingLot().park(tx, consumer, delivery, entity_key="E-1", status=status, failure=failure)
+    row = await database.fetchone(
+        "SELECT id FROM parked WHERE consumer = ? AND event_id = ?", (consumer, event_id)
+    )
+    assert row is not None
+    return int(row[0])
+
+
+async def test_operations_replays_and_discards_each_components_dead_letters_in_its_schema(
+    provisioned,
+) -> None:  # type: ignore[no-untyped-def]
+    plan, urls = provisioned
+    async with (
+        component_database(plan, urls, "billing") as billing,
+        component_database(plan, urls, "resource-ordering") as rom,
+        component_database(plan, urls, "operations") as operations,
+    ):
+        replayed = await park_dead(billing, "billing", "ev-1")
+        discarded = await park_dead(rom, "rom", "ev-2")
+        waiting = await park_dead(rom, "rom", "ev-3", behind=True)
+        # Each component counts its ids in a range of its own: an id names one letter in the cluster.
+        first, last = parked_id_range("billing")
+        assert first <= replayed <= last
+        first, last = parked_id_range("resource-ordering")
+        assert first <= discarded < waiting <= last
+        queue = dead_letter_queue_for(operations, operations_settings(plan))
+
+        listed = {letter.id: letter.consumer for letter in await queue.find()}
+        assert listed == {replayed: "billing", discarded: "rom"}
+        report = await queue.replay(DeadLetterFilter(consumer="billing"))
+        assert [letter.id for letter in report.replayed] == [replayed]
+        assert await ParkingLot().due(billing, "billing") == [replayed]  # billing's runtime retries it now
+        assert await queue.replay(DeadLetterFilter(consumer="billing")) == ReplayReport(False, [])
+
+        assert (await queue.discard(discarded)) is not None
+        assert await ParkingLot().due(rom, "rom") == [waiting]  # the next event of E-1 goes ahead
+        assert await queue.discard(discarded) is None
+        assert await queue.find() == []
+
+
+async def test_operations_may_only_read_update_and_delete_the_dead_letters_of_components_with_consumers(
+    provisioned,  # type: ignore[no-untyped-def]
+) -> None:
+    plan, urls = provisioned
+    async with await psycopg.AsyncConnection.connect(urls["operations"], autocommit=True) as operations:
+        await operations.execute(f"UPDATE {table(plan, 'billing', 'parked')} SET attempts = 0 WHERE id < 0")
+        await operations.execute(f"DELETE FROM {table(plan, 'resource-ordering', 'parked')} WHERE id < 0")
+        for statement in (
+            f"INSERT INTO {table(plan, 'billing', 'parked')} (consumer) VALUES ('x')",
+            f"SELECT * FROM {table(plan, 'billing', 'outbox')}",
+            f"UPDATE {table(plan, 'catalog', 'parked')} SET attempts = 0 WHERE id < 0",  # no consumers
+            f"UPDATE {table(plan, 'service-ordering', 'sagas')} SET version = 0 WHERE version < 0",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                await operations.execute(statement)
+
+
+async def test_operations_sees_every_components_outbox_backlog_and_the_sagas(provisioned) -> None:  # type: ignore[no-untyped-def]
+    plan, urls = provisioned
+    async with component_database(plan, urls, "ordering") as ordering, ordering.transaction() as tx:
+        await tx.execute(
+            "INSERT INTO outbox (topic, key, headers, value, partition, created_at) "
+            "VALUES ('bss.ordering.events', 'O-1', '{}', 'v', 0, ?)",
+            (time.time() - 30,),
+        )
+    async with component_database(plan, urls, "service-ordering") as som:
+        await add_saga(som, "S-1", SagaStatus.RUNNING)
+        await add_saga(som, "S-2", SagaStatus.QUARANTINED)
+    async with component_database(plan, urls, "operations") as operations:
+        metrics = Metrics()
+        # No runner: the sampler never asks the bus.
+        sampler = PlatformSampler(operations, None, metrics, [], sagas=True, outbox_across_components=True)  # type: ignore[arg-type]
+        inputs = await sampler.sample()
+        assert metrics.outbox_backlog._value.get() == 1
+        assert inputs.outbox_oldest_age_seconds is not None and inputs.outbox_oldest_age_seconds >= 29
+        assert metrics.sagas_quarantined.labels("fulfilment")._value.get() == 1
+        backlog = await outbox_backlog(operations, across_components=True, here="operations")
+        assert backlog["backlog"] == 1
+        assert {c["component"]: c["backlog"] for c in backlog["components"]}["ordering"] == 1
+        health = await saga_health(operations)
+        assert [t["started"] for t in health["types"]] == [2]
+        assert [q["sagaId"] for q in health["quarantined"]] == ["S-2"]
+
+
+async def add_saga(database: Database, saga_id: str, status: SagaStatus) -> None:
+    async with database.transaction() as tx:
+        await tx.execute(
+            "INSERT INTO sagas (saga_id, saga_type, status, current_step, data, correlation_id, entity_key, "
+            "lock_keys, reason, cancel_requested, started_at, updated_at, stuck_reported, version) "
+            "VALUES (?, 'fulfilment', ?, 0, '{}', 'c', 'O-1', '[]', '', false, now(), now(), false, 1)",
+            (saga_id, status.value),
+        )
+        await tx.execute(
+            "INSERT INTO saga_steps (saga_id, step_index, name, status, attempts, compensation_attempts, "
+            "timeouts, command_id, errors, result) "
+            "VALUES (?, 0, 'activate', 'in_flight', 1, 0, 0, 'c1', '[]', '{}')",
+            (saga_id,),
+        )
+
+
+def operations_settings(plan: ClusterPlan) -> Settings:
+    schemas = schema_map(plan)
+    return Settings(
+        database_url="postgresql://unused/db",
+        component="operations",
+        database_schema=schemas["operations"],
+        database_schemas=schemas,
+    )
+
+
+async def test_the_dlq_command_with_operations_settings_replays_in_the_owners_schema(provisioned) -> None:  # type: ignore[no-untyped-def]
+    plan, urls = provisioned
+    schemas = schema_map(plan)
+    environment = {
+        "STROWGER_DATABASE_URL": urls["operations"],
+        "STROWGER_DATABASE_SCHEMA": schemas["operations"],
+        "STROWGER_DATABASE_SCHEMAS": orjson.dumps(schemas).decode(),
+        "STROWGER_COMPONENT": "operations",
+    }
+    async with component_database(plan, urls, "billing") as billing:
+        letter = await park_dead(billing, "billing", "ev-cli")
+        cli = CliRunner()
+        listed = await asyncio.to_thread(cli.invoke, dlq_app, ["list"], env=environment)
+        assert "1 dead letter(s)" in listed.output, listed.output
+        replayed = await asyncio.to_thread(cli.invoke, dlq_app, ["replay", str(letter)], env=environment)
+        assert replayed.exit_code == 0 and "replayed 1" in replayed.output, replayed.output
+        assert await ParkingLot().due(billing, "billing") == [letter]
+
+
+def test_parked_ids_ranges_are_disjoint_and_each_letter_has_one_home() -> None:
+    ranges = sorted(parked_id_range(component.name) for component in COMPONENTS)
+    assert all(last < following for (_, last), (following, _) in itertools.pairwise(ranges))
+    assert ranges[0][0] > 0 and ranges[-1][1] < 2**63  # BIGSERIAL
+    home_of = parked_homes({DIRECTORY: "d", "resource-ordering": "s_rom", "billing": "s_billing"})
+    assert home_of("rom") == '"s_rom".parked'
+    assert home_of("billing") == '"s_billing".parked'
+    assert home_of("analytics") is None  # its component is not in this cluster
+    assert home_of("no-such-group") is None

@@ -1,8 +1,8 @@
-"""TMF637 ``asOf``: a customer's product inventory at a past moment, replayed from the order events.
+"""TMF637 ``asOf``: a customer's product inventory at a past moment, replayed from its history.
 
 Orders are saved the way the ordering service saves them (the aggregate through
-its repository, the live inventory written by ``record_products`` in the same
-transaction), on SQLite and on PostgreSQL; the views are caught up; then the
+its repository) and their products recorded the way the inventory's consumer
+records them (``record_ordered_products``), on SQLite and on PostgreSQL; then the
 API is asked about moments between the orders.
 """
 
@@ -11,22 +11,26 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from fastapi import FastAPI
 
+from strowger.cluster.plan import plan_cluster
+from strowger.cluster.provision import deprovision, provision, schema_map
+from strowger.components.database import borrowed_names
 from strowger.components.inventory.api import PRODUCT_BASE_PATH, product_inventory_router
+from strowger.components.inventory.products import record_ordered_products
 from strowger.components.inventory.service import ProductInventory
 from strowger.components.ordering.aggregate import ProductOrder
-from strowger.components.ordering.consumers import record_products
 from strowger.events.envelope import Envelope
-from strowger.projections.engine import EventStoreSource, ProjectionRunner
-from strowger.projections.orders import CustomerProductsProjection, OrderListProjection
 from strowger.store.aggregate import Repository
 from strowger.store.db import Database, Transaction
 from strowger.store.eventstore import SqlEventStore, open_event_store
+from strowger.store.postgres import PostgresDatabase
 from strowger.tmf.resources import RESOURCE_TABLES
 
 pytestmark = pytest.mark.integration
@@ -40,17 +44,12 @@ class NoSink:
 
 
 class Orders:
-    """Places and completes product orders as the ordering service does, and catches the views up."""
+    """Places and completes product orders as the ordering service does; the inventory records them."""
 
     def __init__(self, database: Database, store: SqlEventStore) -> None:
         self.database = database
         self.repository = Repository(store, ProductOrder)
         self.inventory = ProductInventory(database, NoSink())
-        source = EventStoreSource(store)
-        self.runners = [
-            ProjectionRunner(projection, source, database)
-            for projection in (OrderListProjection(), CustomerProductsProjection())
-        ]
 
     async def complete(self, order_id: str, customer: str, items: list[dict[str, Any]]) -> datetime:
         """Place ``order_id`` and complete every item; returns a moment just after it completed."""
@@ -66,9 +65,8 @@ class Orders:
         order.record_fulfilment([item["id"] for item in items], "completed", ORDER_TIME)
         async with self.database.transaction() as tx:
             await self.repository.save(tx, order)
-            await record_products(tx, self.inventory, order)
-        for runner in self.runners:
-            await runner.catch_up()
+        async with self.database.transaction() as tx:
+            await record_ordered_products(tx, self.inventory, order.to_tmf())
         moment = datetime.now(UTC)
         await asyncio.sleep(0.002)  # the next order is recorded strictly after ``moment``
         return moment
@@ -90,10 +88,7 @@ async def orders(database: Database) -> Orders:
     store = open_event_store(database)
     await store.setup()
     await database.create_tables(RESOURCE_TABLES)
-    orders = Orders(database, store)
-    for runner in orders.runners:
-        await runner.setup()
-    return orders
+    return Orders(database, store)
 
 
 @pytest.fixture
@@ -133,7 +128,7 @@ async def test_the_inventory_of_a_customer_at_each_past_moment(
 
     now = (await products(client, "C1", second)).json()
     assert {p["id"]: p["status"] for p in now} == {"O1-1": "active", "O1-2": "terminated", "O2-2": "active"}
-    # Replayed, each product is the document the live inventory holds for it.
+    # Replayed from the history, each product is the document the live inventory holds for it.
     for product in now:
         live = await client.get(f"{PRODUCT_BASE_PATH}/product/{product['id']}")
         assert live.status_code == 200
@@ -172,6 +167,19 @@ async def test_without_as_of_the_live_inventory_answers(client: httpx.AsyncClien
     assert "asOf" in names
 
 
+async def test_a_product_deleted_through_tmf637_is_there_before_and_gone_after(
+    client: httpx.AsyncClient, orders: Orders
+) -> None:
+    first = await orders.complete("O1", "C1", [add("1", "fibre"), add("2", "tv")])
+    assert (await client.delete(f"{PRODUCT_BASE_PATH}/product/O1-2")).status_code == 204
+    after = datetime.now(UTC)
+
+    assert [p["id"] for p in (await products(client, "C1", first)).json()] == ["O1-1", "O1-2"]
+    assert [p["id"] for p in (await products(client, "C1", after)).json()] == ["O1-1"]
+    gone = await client.get(f"{PRODUCT_BASE_PATH}/product/O1-2", params={"asOf": at(after)})
+    assert gone.status_code == 404
+
+
 @pytest.mark.parametrize("bad", ["yesterday", "2026-13-01T00:00:00Z", "2026-03-15T00:00:00"])
 async def test_a_malformed_as_of_is_a_400_naming_it(client: httpx.AsyncClient, bad: str) -> None:
     for path in ("/product", "/product/O1-1"):
@@ -179,3 +187,66 @@ async def test_a_malformed_as_of_is_a_400_naming_it(client: httpx.AsyncClient, b
         assert response.status_code == 400
         body = response.json()
         assert body["code"] == "invalidParameter" and "asOf" in body["message"]
+
+
+# --- a split cluster: the inventory's own schema and role --------------------------------------
+
+
+@pytest.fixture
+async def inventory_role(tmp_path: Path, postgres_url: str) -> AsyncIterator[tuple[Database, str]]:
+    """The inventory component's database as a split cluster provisions it (no process started):
+    its own schema and role, the names it borrows left to the supervisor's views; and ordering's URL."""
+    plan = plan_cluster(tmp_path, database_url=postgres_url, bus_url="kafka://127.0.0.1:9092", instances=1)
+    environments = await provision(plan)
+    schemas = schema_map(plan)
+    try:
+        url = environments["inventory"]["STROWGER_DATABASE_URL"]
+        borrowed = borrowed_names("inventory", schemas)
+        async with PostgresDatabase(url, schema=schemas["inventory"], borrowed=borrowed) as database:
+            await database.create_tables(RESOURCE_TABLES)
+            yield database, schemas["ordering"]
+    finally:
+        await deprovision(plan)
+
+
+def completed_order(order_id: str, customer: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """A TMF622 order as its ProductOrderStateChangeEvent carries it once every item completed."""
+    return {
+        "id": order_id,
+        "href": f"/po/{order_id}",
+        "state": "completed",
+        "orderDate": at(ORDER_TIME),
+        "completionDate": at(datetime.now(UTC)),
+        "relatedParty": [{"id": customer, "role": "Customer", "@referredType": "Individual"}],
+        "productOrderItem": [{**item, "state": "completed"} for item in items],
+    }
+
+
+async def test_in_a_split_cluster_the_inventory_role_answers_as_of_from_its_own_schema(
+    inventory_role: tuple[Database, str],
+) -> None:
+    database, ordering_schema = inventory_role
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):  # ordering's data is out of reach
+        await database.fetchall(f'SELECT order_id FROM "{ordering_schema}".order_list')  # noqa: S608
+    inventory = ProductInventory(database, NoSink())
+    moments = []
+    orders = [
+        completed_order("O1", "C1", [add("1", "fibre"), add("2", "tv")]),
+        completed_order("O9", "C2", [add("1", "mobile")]),
+        completed_order("O2", "C1", [{"id": "1", "action": "delete", "product": {"id": "O1-2"}}]),
+    ]
+    for order in orders:  # as the inventory-products consumer records them, in the inventory's schema
+        async with database.transaction() as tx:
+            await record_ordered_products(tx, inventory, order)
+        moments.append(datetime.now(UTC))
+        await asyncio.sleep(0.002)
+
+    app = FastAPI()
+    app.include_router(product_inventory_router(database, NoSink()))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        then = (await products(client, "C1", moments[0])).json()
+        now = (await products(client, "C1", moments[2])).json()
+        one = await client.get(f"{PRODUCT_BASE_PATH}/product/O1-2", params={"asOf": at(moments[1])})
+    assert [(p["id"], p["status"]) for p in then] == [("O1-1", "active"), ("O1-2", "active")]
+    assert [(p["id"], p["status"]) for p in now] == [("O1-1", "active"), ("O1-2", "terminated")]
+    assert one.status_code == 200 and one.json()["status"] == "active"

@@ -18,13 +18,14 @@ from strowger.bus.port import Bus, Delivery
 from strowger.bus.runtime import Consumer, ConsumerRunner
 from strowger.components.catalog import CATALOG_API, catalog_router
 from strowger.components.inventory import ProductInventory
+from strowger.components.inventory.products import product_inventory_consumer
 from strowger.components.ordering.api import ordering_router
 from strowger.components.ordering.consumers import fulfilment_consumer, validation_consumer
 from strowger.components.ordering.service import BASE_PATH, OrderingService
 from strowger.components.ordering.validation import sample_technical_catalog
 from strowger.components.sample_catalog import sample_documents
 from strowger.events.envelope import Envelope, decode, encode
-from strowger.events.topics import SERVICE_EVENTS
+from strowger.events.topics import ORDERING_EVENTS, SERVICE_EVENTS
 from strowger.store.db import Database, Transaction
 from strowger.store.deadletters import PARKED_TABLES
 from strowger.store.eventstore import open_event_store
@@ -438,11 +439,11 @@ async def test_validation_accepts_a_sample_offering_and_is_idempotent(world: Wor
     assert len(world.sink.of(order["id"], "ProductOrderStateChangeEvent")) == 1
 
 
-async def test_fulfilment_results_complete_the_order_and_record_products(world: World) -> None:
+async def test_fulfilment_results_complete_the_order_and_the_inventory_records_products(world: World) -> None:
     await load_sample_catalog(world.database)
     order = await place(world.http, full_order(item("1"), item("2", "PO-STATIC-IP")))
     await world.validate(order["id"])
-    consumer = fulfilment_consumer(world.service, world.inventory)
+    consumer = fulfilment_consumer(world.service)
     await world.deliver(
         consumer, service_order_event(order["id"], "completed", items=["1"]), topic=SERVICE_EVENTS.name
     )
@@ -453,6 +454,13 @@ async def test_fulfilment_results_complete_the_order_and_record_products(world: 
     )
     done = (await world.http.get(f"{ORDERS}/{order['id']}")).json()
     assert done["state"] == "completed" and "completionDate" in done
+    async with world.database.transaction() as tx:
+        assert await world.inventory.get(tx, f"{order['id']}-1") is None  # ordering writes no product
+
+    # The inventory's own consumer records them from the event that reports the completion.
+    completed = world.sink.of(order["id"], "ProductOrderStateChangeEvent")[-1]
+    wire = decode(encode(completed, ORDERING_EVENTS.name))
+    await world.deliver(product_inventory_consumer(world.inventory), wire, topic=ORDERING_EVENTS.name)
     async with world.database.transaction() as tx:
         product = await world.inventory.get(tx, f"{order['id']}-1")
     assert product is not None

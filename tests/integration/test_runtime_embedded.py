@@ -20,6 +20,7 @@ from strowger.bus.port import Bus, Delivery
 from strowger.commands.dlq import dlq_app
 from strowger.events.envelope import Message, encode
 from strowger.ops.dlq_api import router as dlq_router
+from strowger.settings import Settings
 from strowger.store.db import Database
 from strowger.store.deadletters import PARKED_TABLES, Failure, ParkingLot, Status
 from strowger.store.inbox import INBOX_TABLES, Inbox
@@ -232,7 +233,7 @@ def test_the_dlq_command_lists_shows_replays_and_discards(
 async def test_the_dlq_api_lists_shows_replays_and_discards(sqlite_db: Database) -> None:
     first, second = await _seed_dead_letters(sqlite_db)
     app = FastAPI()
-    app.state.platform = SimpleNamespace(database=sqlite_db)
+    app.state.platform = SimpleNamespace(database=sqlite_db, settings=Settings(component="all"))
     app.include_router(dlq_router)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
         listed = (await client.get("/dlq", params={"consumer": "billing", "errorType": "KeyError"})).json()

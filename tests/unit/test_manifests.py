@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
+from strowger.cluster.plan import deployment_plan
+from strowger.cluster.provision import role_of, schema_map, schema_of
+from strowger.commands.cluster import COMPONENT_URL
 from strowger.components.registry import COMPONENTS
 from strowger.events.topics import ALL_TOPICS
 from strowger.security.settings import SecuritySettings
@@ -16,6 +21,7 @@ from strowger.settings import Settings, bus_kind, database_kind
 
 ROOT = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 MANIFESTS = sorted(ROOT.rglob("*.yaml"))
+PREFIX = "bss"  # the schema prefix of jobs/database-provision.yaml and configmap.yaml
 
 Doc = dict[str, Any]
 
@@ -36,7 +42,19 @@ def of_kind(kind: str) -> list[Doc]:
 
 def pod_specs() -> list[tuple[str, Doc]]:
     workloads = of_kind("Deployment") + of_kind("Job")
-    return [(doc["metadata"]["name"], doc["spec"]["template"]["spec"]) for doc in workloads]
+    scheduled = [(doc["metadata"]["name"], doc["spec"]["jobTemplate"]["spec"]) for doc in of_kind("CronJob")]
+    return [(doc["metadata"]["name"], doc["spec"]["template"]["spec"]) for doc in workloads] + [
+        (name, job["template"]["spec"]) for name, job in scheduled
+    ]
+
+
+def secret_ref(variable: Doc) -> tuple[str, str]:
+    """(Secret name, key) an env entry reads its value from."""
+    reference = variable["valueFrom"]["secretKeyRef"]
+    return reference["name"], reference["key"]
+
+
+DEPLOYMENT = deployment_plan("postgresql://admin@postgresql.db/strowger", PREFIX)
 
 
 def kustomize_resources() -> list[str]:
@@ -101,16 +119,40 @@ def test_every_image_is_pinned_to_a_tag_other_than_latest() -> None:
             assert tag != "latest", f"{name}: {image}"
 
 
-def test_every_deployment_takes_its_settings_from_the_configmap_and_secret() -> None:
+def test_every_deployment_takes_its_settings_from_the_configmap_and_secrets() -> None:
     for deployment in of_kind("Deployment"):
+        component = deployment["metadata"]["labels"]["app.kubernetes.io/component"]
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
         sources = container["envFrom"]
         assert {"configMapRef": {"name": "strowger-config"}} in sources
         assert {"secretRef": {"name": "strowger-secrets"}} in sources
-        # no setting written into a Deployment that would bypass the ConfigMap/Secret
-        assert all(
-            not var["name"].startswith(("STROWGER_DATABASE", "STROWGER_BUS")) for var in container["env"]
+        env = {var["name"]: var for var in container["env"]}
+        # its own role (its own Secret) and its own schema; nothing else bypasses the ConfigMap/Secret
+        assert secret_ref(env["STROWGER_DATABASE_URL"]) == (
+            f"strowger-db-{component}",
+            "STROWGER_DATABASE_URL",
         )
+        assert env["STROWGER_DATABASE_SCHEMA"]["value"] == schema_of(DEPLOYMENT, component)
+        assert not [name for name in env if name.startswith(("STROWGER_BUS", "STROWGER_DATABASE_SCHEMAS"))]
+
+
+def test_the_provisioning_jobs_know_every_components_secret() -> None:
+    jobs = [doc for doc in of_kind("Job") + of_kind("CronJob") if "database" in doc["metadata"]["name"]]
+    assert sorted(doc["kind"] for doc in jobs) == ["CronJob", "Job"]
+    specs = [spec for name, spec in pod_specs() if name in {doc["metadata"]["name"] for doc in jobs}]
+    for spec in specs:
+        (container,) = spec["containers"]
+        assert container["command"] == ["strowger", "cluster", "provision", "--prefix", PREFIX]
+        env = {var["name"]: secret_ref(var) for var in container["env"]}
+        assert env.pop("STROWGER_DATABASE_URL") == ("strowger-db-admin", "STROWGER_DATABASE_URL")
+        wanted = {
+            COMPONENT_URL + spec.component.upper().replace("-", "_"): (
+                f"strowger-db-{spec.component}",
+                "STROWGER_DATABASE_URL",
+            )
+            for spec in DEPLOYMENT.processes
+        }
+        assert env == wanted
 
 
 def test_no_default_broker_credentials_anywhere() -> None:
@@ -120,11 +162,10 @@ def test_no_default_broker_credentials_anywhere() -> None:
         assert "guest/guest" not in text, path
 
 
-def test_the_configmap_holds_valid_settings() -> None:
+def test_the_configmap_holds_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     (config,) = of_kind("ConfigMap")
     data: dict[str, str] = config["data"]
     security_fields = {f"STROWGER_SECURITY_{name.upper()}" for name in SecuritySettings.model_fields}
-    platform = {}
     for key, value in data.items():
         if key.startswith("STROWGER_SECURITY_"):
             assert key in security_fields, key
@@ -132,19 +173,28 @@ def test_the_configmap_holds_valid_settings() -> None:
             field = key.removeprefix("STROWGER_").lower()
             assert field in Settings.model_fields or field == "service_name", key
             if field in Settings.model_fields:
-                platform[field] = value
-    Settings(**platform)  # every value parses (ValidationError otherwise)
+                monkeypatch.setenv(key, value)  # as the pods receive them
+    Settings()  # every value parses (ValidationError otherwise)
 
 
-def test_the_secret_is_a_template_with_valid_url_shapes() -> None:
+def test_the_secrets_are_templates_with_valid_url_shapes() -> None:
     path = ROOT / "secret.example.yaml"
-    (secret,) = documents(path)
-    values: dict[str, str] = secret["stringData"]
-    database_kind(values["STROWGER_DATABASE_URL"])
-    bus_kind(values["STROWGER_BUS_URL"])
-    assert "CHANGE-ME" in values["STROWGER_DATABASE_URL"]
+    secrets = {doc["metadata"]["name"]: doc["stringData"] for doc in documents(path)}
+    bus_kind(secrets.pop("strowger-secrets")["STROWGER_BUS_URL"])
+    database_kind(secrets.pop("strowger-db-admin")["STROWGER_DATABASE_URL"])
+    assert sorted(secrets) == sorted(f"strowger-db-{spec.component}" for spec in DEPLOYMENT.processes)
+    for name, values in secrets.items():
+        url = values["STROWGER_DATABASE_URL"]
+        database_kind(url)
+        assert "CHANGE-ME" in url
+        assert urlsplit(url).username == role_of(DEPLOYMENT, name.removeprefix("strowger-db-")), name
     assert path.name not in kustomize_resources(), "a template must never be applied"
     assert not any(doc["kind"] == "Secret" for where, doc in every_document() if where != path)
+
+
+def test_the_configmap_maps_every_component_to_the_provisioned_schema() -> None:
+    (config,) = of_kind("ConfigMap")
+    assert json.loads(config["data"]["STROWGER_DATABASE_SCHEMAS"]) == schema_map(DEPLOYMENT)
 
 
 def test_kustomization_lists_existing_files_and_every_available_component() -> None:

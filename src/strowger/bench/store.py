@@ -9,8 +9,9 @@ serialisation -> SQL and back):
 * ``append_10``: transactions appending 10 events,
 * ``load_50``: loads of an aggregate of 50 events (no snapshots on either side).
 
-eventsourcing is synchronous; Strowger is asyncio: each op is awaited in turn,
-so both measure one client's latency-bound throughput.
+eventsourcing is synchronous; Strowger is asyncio, on uvloop as ``strowger serve``
+runs it: each op is awaited in turn, so both measure one client's latency-bound
+throughput.
 
 Fairness. Each workload runs in ``rounds`` rounds that ALTERNATE between the
 two sides (and alternate who goes first), so both see the same machine: on a
@@ -41,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import uvloop
 from rich.table import Table
 
 from strowger.bench.machine import machine_info
@@ -311,7 +313,7 @@ def _run_both(
     rounds: int,
     report: Progress,
 ) -> tuple[Timings, Timings]:
-    with asyncio.Runner() as runner:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         eventsourcing = EventsourcingSide(es_env)
         strowger = StrowgerSide(strowger_database)
         try:

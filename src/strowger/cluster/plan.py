@@ -7,6 +7,7 @@ on every process, port and setting.
 
 from __future__ import annotations
 
+import re
 import secrets
 import socket
 from collections.abc import Mapping
@@ -110,6 +111,29 @@ def plan_cluster(
         processes=tuple(processes),
         environment=dict(environment or {}),
         component_environment=_component_defaults(component_environment or {}),
+    )
+
+
+DEPLOYMENT_PREFIX = re.compile(r"[a-z][a-z0-9_]{0,29}")
+
+
+def deployment_plan(database_url: str, prefix: str) -> ClusterPlan:
+    """The database side of a deployment whose processes something else runs (Kubernetes).
+
+    One instance of every component is listed only so that :mod:`strowger.cluster.provision`
+    knows the components: schemas are ``<prefix>_<schema>``, roles ``<prefix>_<role>`` and the
+    directory ``<prefix>`` (docs/operations.md, "Kubernetes")."""
+    if not DEPLOYMENT_PREFIX.fullmatch(prefix):
+        raise ValueError(f"deployment prefix {prefix!r}: a-z, 0-9 and _, a letter first, at most 30")
+    processes = tuple(ProcessSpec(c.name, c.name, 1, 0) for c in _runnable())
+    return ClusterPlan(
+        cluster_id=prefix,
+        root="",
+        database_url=database_url,
+        database_schema=prefix,
+        bus_url="",
+        bus_namespace="",
+        processes=processes,
     )
 
 

@@ -11,7 +11,9 @@ may create roles and schemas and SET ROLE to them) before any process starts:
   schema a view of the same name onto each table it borrows (its search_path stays its own);
 * the *directory* schema ``cluster_<id>`` (the plan's ``database_schema``): read-only
   ``UNION ALL`` views over the components' tables, owned by the admin. operations is granted
-  the dead letters, traces and inboxes there; the admin's checks (chaos) read everything.
+  the dead letters, traces, inboxes and ``outbox_backlog`` (counts per component) there, and
+  UPDATE, DELETE on the ``parked`` of each component with consumers (replay, discard), whose
+  ids get a range of their own; the admin's checks (chaos) read everything.
 
 It returns each component's environment: its own URL (role and password), schema and the
 schema map. :func:`deprovision` drops every schema and role of the cluster, also after a
@@ -28,7 +30,7 @@ import logging
 import secrets
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import orjson
 import psycopg
@@ -40,10 +42,14 @@ from strowger.components.database import (
     DIRECTORY,
     DIRECTORY_VIEWS_FOR_OPERATIONS,
     OPERATIONS,
+    OPERATIONS_DEAD_LETTER_GRANTS,
+    OUTBOX_BACKLOG,
     RELAY,
     RELAY_GRANTS,
     borrowed_by,
     borrowed_names,
+    parked_id_range,
+    parks_dead_letters,
 )
 from strowger.components.registry import parse_component
 from strowger.settings import redact_url
@@ -79,6 +85,8 @@ def schema_map(plan: ClusterPlan) -> dict[str, str]:
 
 def owned_table_sets(component: str) -> list[TableSet]:
     """What ``component`` owns and others are granted: created before any process starts."""
+    from strowger.components.inventory.states import SERVICE_STATE_VIEW
+    from strowger.components.resource_ordering.pools import POOL_TABLES
     from strowger.events.registry import REGISTRY_TABLES
     from strowger.ops.trace_timeline import TRACE_TABLES
     from strowger.projections.sagas import SAGA_LOG_ORDER
@@ -94,6 +102,8 @@ def owned_table_sets(component: str) -> list[TableSet]:
         "service-ordering": [SAGA_TABLES, SAGA_LOG_ORDER],
         "hub-delivery": [HUB_TABLES],
         OPERATIONS: [REGISTRY_TABLES],
+        "resource-ordering": [POOL_TABLES],  # reconciliation reads the pools' claims
+        "inventory": [RESOURCE_TABLES, SERVICE_STATE_VIEW],  # reconciliation reads services' states
     }
     return [OUTBOX_TABLES, INBOX_TABLES, PARKED_TABLES, TRACE_TABLES, *shared.get(component, [])]
 
@@ -128,19 +138,60 @@ async def provision(plan: ClusterPlan) -> dict[str, dict[str, str]]:
     return environments
 
 
-async def _provision(admin: psycopg.AsyncConnection[Any], plan: ClusterPlan) -> dict[str, dict[str, str]]:
+async def provision_deployment(plan: ClusterPlan, urls: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """Create or bring up to date the schemas, roles, grants and views of a long-lived deployment.
+
+    For Kubernetes and any deployment whose processes are started by something else: ``urls``
+    holds each component's own database URL (its Secret), whose user must be the component's
+    role and whose password becomes the role's. Safe to run again (after an upgrade, or to
+    refresh the directory once the components have created their tables): what exists is kept
+    or updated, and nothing is ever dropped, even when a step fails."""
+    passwords = {component: _password_in(plan, component, urls) for component in components_of(plan)}
+    try:
+        async with await psycopg.AsyncConnection.connect(plan.database_url, autocommit=True) as admin:
+            return await _provision(admin, plan, passwords)
+    except (psycopg.Error, OSError) as exc:
+        where = redact_url(plan.database_url)
+        raise ProvisionError(f"cannot set up the deployment's schemas and roles at {where}: {exc}") from exc
+
+
+def _password_in(plan: ClusterPlan, component: str, urls: Mapping[str, str]) -> str:
+    """The password of ``component``'s URL, which must log in as the component's role."""
+    url = urls.get(component)
+    if not url:
+        raise ProvisionError(f"no database URL for component {component!r}")
+    parts = urlsplit(url)
+    expected = role_of(plan, component)
+    if unquote(parts.username or "") != expected or not parts.password:
+        raise ProvisionError(
+            f"the database URL of {component!r} ({redact_url(url)}) must log in as {expected!r} "
+            "with a password"
+        )
+    return unquote(parts.password)
+
+
+async def _provision(
+    admin: psycopg.AsyncConnection[Any], plan: ClusterPlan, passwords: Mapping[str, str] | None = None
+) -> dict[str, dict[str, str]]:
+    """Everything :func:`provision` creates; idempotent, so a deployment may run it again."""
     schemas = schema_map(plan)
-    await admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(plan.database_schema)))
+    directory = sql.Identifier(plan.database_schema)
+    await admin.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(directory))
     await admin.execute(
         sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(plan.database_schema))
     )
     environments: dict[str, dict[str, str]] = {}
     for component in components_of(plan):
-        password = secrets.token_urlsafe(PASSWORD_BYTES)
-        await _create_owner(admin, role_of(plan, component), schemas[component], password)
+        password = (passwords or {}).get(component) or secrets.token_urlsafe(PASSWORD_BYTES)
+        # A fresh cluster never takes over a role that already exists; a deployment updates its own.
+        await _create_owner(
+            admin, role_of(plan, component), schemas[component], password, existing_ok=passwords is not None
+        )
         borrowed = borrowed_names(component, schemas)  # operations' dead letters are the directory's
         owned = [ts for ts in owned_table_sets(component) if not borrowed & _targets(ts)]
         await _create_tables_as(admin, role_of(plan, component), schemas[component], owned)
+        if "parked" not in borrowed:
+            await _place_parked_ids(admin, role_of(plan, component), schemas[component], component)
         environments[component] = {
             "STROWGER_DATABASE_URL": database_url_as(plan.database_url, role_of(plan, component), password),
             "STROWGER_DATABASE_SCHEMA": schemas[component],
@@ -160,7 +211,7 @@ async def _create_borrowed_views(
     await admin.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
     try:
         for item in borrowed_by(component, schemas):
-            view = sql.SQL("CREATE VIEW {}.{} AS SELECT * FROM {}.{}").format(
+            view = sql.SQL("CREATE OR REPLACE VIEW {}.{} AS SELECT * FROM {}.{}").format(
                 sql.Identifier(schema),
                 sql.Identifier(item.name),
                 sql.Identifier(item.source_schema),
@@ -188,14 +239,21 @@ def scram_verifier(password: str, *, iterations: int = 4096) -> str:
     return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
-async def _create_owner(admin: psycopg.AsyncConnection[Any], role: str, schema: str, password: str) -> None:
+async def _create_owner(
+    admin: psycopg.AsyncConnection[Any], role: str, schema: str, password: str, *, existing_ok: bool
+) -> None:
+    """The LOGIN role owning ``schema``: created, or (``existing_ok``) its password and attributes reset."""
+    cursor = await admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+    verb = "ALTER" if existing_ok and await cursor.fetchone() else "CREATE"
     await admin.execute(
-        sql.SQL("CREATE ROLE {} LOGIN NOINHERIT PASSWORD {}").format(
+        sql.SQL(verb + " ROLE {} LOGIN NOINHERIT PASSWORD {}").format(
             sql.Identifier(role), sql.Literal(scram_verifier(password))
         )
     )
     await admin.execute(
-        sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(sql.Identifier(schema), sql.Identifier(role))
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(
+            sql.Identifier(schema), sql.Identifier(role)
+        )
     )
     await admin.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(schema)))
     # Without a schema setting (a tool connecting with the URL alone) it still lands in its own.
@@ -212,11 +270,45 @@ async def _create_tables_as(
     try:
         await admin.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
         for table_set in table_sets:
+            if await _all_exist(admin, schema, _targets(table_set)):
+                continue  # a running deployment's: its DDL (indexes) would lock live writers
             for statement in table_set.ddl("postgresql"):
                 await admin.execute(statement.encode())  # bytes: no placeholder parsing of '%'
     finally:
         await admin.execute("RESET ROLE")
         await admin.execute("RESET search_path")
+
+
+async def _all_exist(admin: psycopg.AsyncConnection[Any], schema: str, names: set[str]) -> bool:
+    cursor = await admin.execute(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename = ANY(%s)",
+        (schema, sorted(names)),
+    )
+    row = await cursor.fetchone()
+    return bool(names) and row is not None and int(row[0]) == len(names)
+
+
+async def _place_parked_ids(
+    admin: psycopg.AsyncConnection[Any], role: str, schema: str, component: str
+) -> None:
+    """Give ``component``'s dead letters an id range of their own (once: a re-run keeps its place)."""
+    first, last = parked_id_range(component)
+    cursor = await admin.execute(
+        "SELECT seqrelid::regclass::text, seqmin FROM pg_sequence "
+        "WHERE seqrelid = pg_get_serial_sequence(%s, 'id')::regclass",
+        (sql.Identifier(schema, "parked").as_string(admin),),
+    )
+    row = await cursor.fetchone()
+    if row is None or int(row[1]) == first:
+        return
+    bounds = sql.SQL("MINVALUE {0} MAXVALUE {1} START WITH {0} RESTART WITH {0}").format(
+        sql.Literal(first), sql.Literal(last)
+    )
+    await admin.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))  # the sequence's owner
+    try:
+        await admin.execute(sql.SQL("ALTER SEQUENCE {} ").format(sql.SQL(str(row[0]))) + bounds)
+    finally:
+        await admin.execute("RESET ROLE")
 
 
 async def _grant(
@@ -249,6 +341,10 @@ async def _grant_crossings(
             for table, privileges in RELAY_GRANTS:
                 if table not in borrowed:
                     await _grant(admin, privileges, schemas[component], table, role_of(plan, RELAY))
+    if OPERATIONS in present:  # replay and discard write the owner's dead letters
+        for component in sorted(filter(parks_dead_letters, present)):
+            for table, privileges in OPERATIONS_DEAD_LETTER_GRANTS:
+                await _grant(admin, privileges, schemas[component], table, role_of(plan, OPERATIONS))
 
 
 async def refresh_directory(plan: ClusterPlan, admin: psycopg.AsyncConnection[Any] | None = None) -> int:
@@ -271,12 +367,36 @@ async def refresh_directory(plan: ClusterPlan, admin: psycopg.AsyncConnection[An
     created = 0
     for table, owners in holders.items():
         created += await _union_view(admin, plan.database_schema, table, owners)
+    component_in = {schema_of(plan, component): component for component in components_of(plan)}
+    outboxes = [(component_in[schema], schema) for schema in holders.get("outbox", [])]
+    backlog = await _outbox_backlog_view(admin, plan.database_schema, outboxes)
     if OPERATIONS in components_of(plan):
         operations = role_of(plan, OPERATIONS)
-        for table in DIRECTORY_VIEWS_FOR_OPERATIONS:
-            if table in holders:
-                await _grant(admin, "SELECT", plan.database_schema, table, operations)
-    return created
+        views = [table for table in DIRECTORY_VIEWS_FOR_OPERATIONS if table in holders]
+        for table in views + [OUTBOX_BACKLOG] * backlog:
+            await _grant(admin, "SELECT", plan.database_schema, table, operations)
+    return created + backlog
+
+
+async def _outbox_backlog_view(
+    admin: psycopg.AsyncConnection[Any], directory: str, outboxes: list[tuple[str, str]]
+) -> int:
+    """``directory.outbox_backlog``: per (component, schema) of ``outboxes``, its unpublished rows
+    and the oldest one's ``created_at``; operations reads counts, not other components' events."""
+    if not outboxes:
+        return 0
+    selects = [
+        sql.SQL(
+            "SELECT {}::text AS component, COUNT(*) AS backlog, MIN(created_at) AS oldest_created_at "
+            "FROM {}.outbox WHERE published_at IS NULL"
+        ).format(sql.Literal(component), sql.Identifier(schema))
+        for component, schema in outboxes
+    ]
+    statement = sql.SQL("CREATE OR REPLACE VIEW {}.{} AS ").format(
+        sql.Identifier(directory), sql.Identifier(OUTBOX_BACKLOG)
+    )
+    await admin.execute(statement + sql.SQL(" UNION ALL ").join(selects))
+    return 1
 
 
 async def _union_view(

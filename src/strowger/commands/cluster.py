@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from strowger.cluster.plan import plan_cluster
+from strowger.cluster.plan import ClusterPlan, plan_cluster
 from strowger.cluster.supervisor import (
     READY_TIMEOUT,
     STOP_TIMEOUT,
@@ -107,6 +107,54 @@ def down(
     killed = asyncio.run(cluster.down(timeout, drop=not keep_data))
     stopped = len(cluster.plan.processes)
     console.print(f"stopped {stopped} processes" + (f"; SIGKILLed {', '.join(killed)}" if killed else ""))
+
+
+COMPONENT_URL = "STROWGER_DATABASE_URL_"  # + the component's name in upper case, '-' as '_'
+
+
+@cluster_app.command()
+def provision(
+    prefix: Annotated[str, typer.Option(help="Schemas <prefix>_<schema>, roles <prefix>_<role>")] = "bss",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object: every schema and role")] = False,
+) -> None:
+    """Create or update a deployment's per-component schemas, roles and grants (Kubernetes Job).
+
+    Connects as STROWGER_DATABASE_URL (an admin that may create roles and schemas); each
+    component's own URL comes from STROWGER_DATABASE_URL_<COMPONENT> (its Secret) and must log
+    in as its role. Idempotent, never drops anything: run it before the components start and
+    again after they have (it then also builds the directory's views over their tables)."""
+    from strowger.cluster.plan import deployment_plan
+    from strowger.cluster.provision import ProvisionError, provision_deployment, role_of, schema_map
+
+    admin = os.environ.get("STROWGER_DATABASE_URL", "")
+    if not admin.startswith(("postgresql://", "postgres://")):
+        console.print("STROWGER_DATABASE_URL must name the PostgreSQL server (as an admin role)")
+        raise typer.Exit(2)
+    try:
+        plan = deployment_plan(admin, prefix)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--prefix") from None
+    urls = {name: os.environ.get(COMPONENT_URL + name.upper().replace("-", "_"), "") for name in _names(plan)}
+    try:
+        asyncio.run(provision_deployment(plan, urls))
+    except ProvisionError as exc:
+        console.print(f"[red]{exc}[/]", highlight=False)
+        raise typer.Exit(1) from None
+    schemas = schema_map(plan)
+    roles = {name: role_of(plan, name) for name in _names(plan)}
+    if as_json:
+        print(orjson.dumps({"schemas": schemas, "roles": roles}).decode())
+        return
+    table = Table("component", "role", "schema")
+    for name in _names(plan):
+        table.add_row(name, roles[name], schemas[name])
+    console.print(table)
+    line = f"STROWGER_DATABASE_SCHEMAS={orjson.dumps(schemas).decode()}"
+    console.print(line, highlight=False, soft_wrap=True)
+
+
+def _names(plan: ClusterPlan) -> list[str]:
+    return list(dict.fromkeys(spec.component for spec in plan.processes))
 
 
 def _running(root: Path) -> bool:

@@ -2,7 +2,11 @@
 
 Works on the database named by ``STROWGER_DATABASE_URL`` (or strowger.toml), so
 an operator can repair a stopped platform too: a replay only hands the letters
-back to their consumer, which applies them when it runs.
+back to their consumer, which applies them when it runs. Against a split cluster,
+use the operations component's settings (its URL, ``STROWGER_DATABASE_SCHEMA``,
+``STROWGER_DATABASE_SCHEMAS`` and ``STROWGER_COMPONENT=operations``, from the
+cluster's ``cluster.json``): it lists every component's letters and writes each in
+its owner's schema, as ``/dlq`` does.
 """
 
 from __future__ import annotations
@@ -18,7 +22,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from strowger.store.db import open_database
+from strowger.components.database import borrowed_names, split_schemas
+from strowger.ops.dlq_api import dead_letter_queue_for
+from strowger.settings import Settings
+from strowger.store.db import Database, open_database
 from strowger.store.deadletters import DeadLetterFilter, DeadLetterQueue, ParkedMessage
 
 dlq_app = typer.Typer(name="dlq", help="Inspect and repair the dead-letter queue.", no_args_is_help=True)
@@ -44,10 +51,20 @@ def _run(operation: Callable[[DeadLetterQueue], Awaitable[T]]) -> T:
     settings = settings_or_exit()
 
     async def main() -> T:
-        async with open_database(settings.database_url) as database:
-            return await operation(DeadLetterQueue(database))
+        async with _database(settings) as database:
+            return await operation(dead_letter_queue_for(database, settings))
 
     return asyncio.run(main())
+
+
+def _database(settings: Settings) -> Database:
+    """The settings' database as the platform opens it: its schema, and its borrowed views."""
+    options: dict[str, object] = {}
+    if settings.database == "postgresql" and settings.database_schema:
+        options["schema"] = settings.database_schema
+    if (schemas := split_schemas(settings)) is not None:
+        options["borrowed"] = borrowed_names(settings.component, schemas)
+    return open_database(settings.database_url, **options)
 
 
 ConsumerOption = Annotated[str | None, typer.Option("--consumer", "-c", help="Only this consumer")]

@@ -3,7 +3,9 @@
 * ``verify sagas`` — the saga fault matrix (docs/verification.md): every saga,
   a failure at every step and compensation, then the invariants; exit 1 if any fails.
 * ``verify reconcile`` — compare inventories, sagas and pools on the configured
-  database, report drift, repair the safe cases (``--dry-run`` repairs nothing).
+  database, report drift, send the safe repairs to their owners (``--dry-run`` sends
+  nothing): commands in the outbox, which ROM and the inventory apply once the platform's
+  relay has published them.
 """
 
 from __future__ import annotations
@@ -63,24 +65,24 @@ def reconcile(
     """Compare inventories with sagas and pools on the configured database; repair the safe drift."""
     from rich.table import Table
 
-    from strowger.bootstrap import Platform
-    from strowger.bus.embedded import EmbeddedBus
+    from strowger.bootstrap import empty_platform
     from strowger.cli import settings_or_exit
     from strowger.components.reconciliation.reconcile import RECONCILED_TABLES
     from strowger.components.reconciliation.wiring import reconciler
-    from strowger.store.db import open_database
 
     settings = settings_or_exit()
 
     async def main() -> list[Any]:
-        async with open_database(settings.database_url) as database:
-            # Only the database and the outbox are used (drift events); the bus is never started.
-            platform = Platform(settings=settings, database=database, bus=EmbeddedBus(database=database))
+        # Only the database and the outbox are used (drift events, repair commands); the bus is
+        # never started. The database is the platform's: its schema and, run as operations of a
+        # split cluster (its environment in cluster.json), the other components' data as views.
+        platform = empty_platform(settings)
+        async with platform.database as database:
             await database.create_tables(*RECONCILED_TABLES)  # idempotent: a fresh database has no drift
             return await reconciler(platform).run(repair=not dry_run)
 
     found = asyncio.run(main())
-    table = Table("kind", "saga", "subject", "detail", "repaired", title="Inventory drift")
+    table = Table("kind", "saga", "subject", "detail", "repair sent", title="Inventory drift")
     for drift in found:
         table.add_row(
             drift.kind, drift.saga_id or "-", drift.subject, drift.detail, "yes" if drift.repaired else "no"
@@ -88,6 +90,8 @@ def reconcile(
     console.print(table)
     operator = [drift for drift in found if not drift.repaired]
     console.print(f"{len(found)} drift(s), {len(operator)} left for an operator", highlight=False)
+    if len(operator) < len(found):
+        console.print("repairs go to ROM and the inventory as commands (outbox): applied when they run")
     raise typer.Exit(code=1 if operator else 0)
 
 

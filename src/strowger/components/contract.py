@@ -87,6 +87,23 @@ ALL_COMMANDS = (
     REMOVE_INVENTORY,
 )
 
+# Reconciliation's repairs (operations -> the data's owner), not saga commands: they are left out of
+# ALL_COMMANDS, so SOM's reply consumer (REPLY_TYPES) never receives their replies. Each names
+# exactly what drifted, so it is idempotent without a ledger: freeing a claim already free, or
+# terminating a service that is no longer active, changes nothing.
+# payload: {"requestId", "sagaId", "claims": [{"pool", "requestId"}]}  (the pool claims to free)
+# success payload: {"requestId", "sagaId", "released": [{"pool", "requestId"}]}  (those that were held)
+RECLAIM_RESOURCES = CommandKind(
+    "ReclaimResources", RESOURCE_COMMANDS, "ResourcesReclaimed", "ResourceReclaimFailed"
+)
+# payload: {"requestId", "sagaId", "services": [<service id>]}  (each one still active -> terminated)
+# success payload: {"requestId", "sagaId", "services": [{"id", "state"}]}  (those it terminated)
+TERMINATE_SERVICES = CommandKind(
+    "TerminateServices", INVENTORY_COMMANDS.name, "ServicesTerminated", "ServiceTerminationFailed"
+)
+
+REPAIR_COMMANDS = (RECLAIM_RESOURCES, TERMINATE_SERVICES)
+
 
 def failure(error: str, *, permanent: bool) -> dict[str, Any]:
     """The body of a failure reply."""

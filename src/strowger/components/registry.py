@@ -111,7 +111,7 @@ COMPONENTS: tuple[Component, ...] = (
             "/tmf-api/serviceInventory/v4",
             "/tmf-api/resourceInventoryManagement/v4",
         ),
-        consumers=("inventory-commands", "inventory-products"),  # the second in a split cluster only
+        consumers=("inventory-commands", "inventory-products"),  # products: from the ordering events
         schema="inventory",
         role="strowger_inventory",
     ),

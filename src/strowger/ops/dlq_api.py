@@ -1,5 +1,6 @@
 """The dead-letter queue over HTTP: ``GET /dlq``, ``GET /dlq/{id}``, ``POST /dlq/replay``,
-``POST /dlq/{id}/discard``. It uses the platform's database (``app.state.platform``)."""
+``POST /dlq/{id}/discard``. It uses the platform's database (``app.state.platform``); in a
+split cluster it writes each letter in its owner's schema (:func:`dead_letter_queue_for`)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,26 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from strowger.components.database import parked_homes, split_schemas
+from strowger.settings import Settings
+from strowger.store.db import Database
 from strowger.store.deadletters import DeadLetterFilter, DeadLetterQueue
 
 router = APIRouter(prefix="/dlq", tags=["operations"])
 
 
+def dead_letter_queue_for(database: Database, settings: Settings) -> DeadLetterQueue:
+    """The queue on ``database``: one ``parked`` table, or in a split cluster every component's
+    letters read through the directory and each written in its owner's ``parked``."""
+    schemas = split_schemas(settings)
+    if schemas is None:
+        return DeadLetterQueue(database)
+    return DeadLetterQueue(database, home_of=parked_homes(schemas))
+
+
 def dead_letter_queue(request: Request) -> DeadLetterQueue:
-    return DeadLetterQueue(request.app.state.platform.database)
+    platform = request.app.state.platform
+    return dead_letter_queue_for(platform.database, platform.settings)
 
 
 Queue = Annotated[DeadLetterQueue, Depends(dead_letter_queue)]

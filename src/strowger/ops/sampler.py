@@ -4,6 +4,8 @@ Every few seconds it reads the outbox backlog, the dead-letter depths, each
 consumer group's lag and, where the saga tables exist, saga health; it sets the
 Prometheus gauges from them and returns the same observations as
 :class:`~strowger.ops.alerts.AlertInputs`, so metrics and alerts never disagree.
+In a split cluster (``outbox_across_components``) the backlog is every component's,
+the dead letters and sagas come through operations' views (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from strowger.bus.port import Bus
 from strowger.bus.runtime import ConsumerRunner
+from strowger.ops import backlog
 from strowger.ops.alerts import (
     AlertInputs,
     AlertMonitor,
@@ -48,6 +51,7 @@ class PlatformSampler:
         compensation_window: timedelta = timedelta(minutes=15),
         sagas: bool = False,
         schema_violation_window: timedelta = timedelta(minutes=15),
+        outbox_across_components: bool = False,
     ) -> None:
         self.database = database
         self.bus = bus
@@ -57,6 +61,7 @@ class PlatformSampler:
         self.compensation_window = compensation_window
         self.sagas = sagas
         self.schema_violation_window = schema_violation_window
+        self.outbox_across_components = outbox_across_components
         self.lag_history = LagHistory(keep=lag_window * 2)
 
     async def sample(self) -> AlertInputs:
@@ -78,10 +83,10 @@ class PlatformSampler:
         )
 
     async def _outbox(self, tx: Transaction, now: datetime) -> float | None:
-        row = await tx.fetchone("SELECT COUNT(*), MIN(created_at) FROM outbox WHERE published_at IS NULL")
-        backlog, oldest = (int(row[0]), row[1]) if row else (0, None)
-        age = max(0.0, now.timestamp() - float(oldest)) if oldest is not None else None
-        self.metrics.outbox_backlog.set(backlog)
+        found = await backlog.outbox_backlogs(tx, across_components=self.outbox_across_components, here="")
+        waiting = backlog.total(found)
+        age = waiting.age(now.timestamp())
+        self.metrics.outbox_backlog.set(waiting.backlog)
         self.metrics.outbox_oldest_age.set(age or 0.0)
         return age
 

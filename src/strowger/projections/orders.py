@@ -345,8 +345,7 @@ def delivered_products(
 ) -> list[DeliveredProduct]:
     """The product changes an order that just became completed/partial brings, item by item.
 
-    Pure: the live ``customer_products`` view and the point-in-time replay
-    (:mod:`strowger.components.inventory.asof`) both fold orders through it.
+    Pure: the live ``customer_products`` view folds orders through it.
     """
     customer_id, _ = customer_of(document)
     if customer_id is None:

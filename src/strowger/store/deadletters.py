@@ -15,14 +15,17 @@ entity: they are dead-lettered without blocking anything (``entity_key`` NULL).
 :class:`DeadLetterQueue` is the operator's view (CLI ``strowger dlq``, HTTP ``/dlq``).
 Replay only changes rows (dead → retrying, due now): the consumer's own runtime
 applies them, so replay works from any process, and it is idempotent because the
-inbox turns an already-applied event into a no-op.
+inbox turns an already-applied event into a no-op. In a split cluster operations
+reads every component's ``parked`` through one read-only view and writes each
+letter in its owner's table (``home_of``: docs/operations.md, "Database layout").
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 import traceback as tb
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,6 +35,8 @@ import orjson
 from strowger.bus.port import Delivery
 from strowger.events.envelope import Message
 from strowger.store.db import Database, Params, Row, TableSet, Transaction
+
+log = logging.getLogger("strowger.deadletters")
 
 PARKED_TABLES = TableSet(
     name="parked",
@@ -335,15 +340,15 @@ class ParkingLot:
         return status
 
 
-async def promote_next(tx: Transaction, consumer: str, entity_key: str) -> None:
+async def promote_next(tx: Transaction, consumer: str, entity_key: str, *, table: str = "parked") -> None:
     """Make the oldest blocked message of the entity its new head, due now (if no head remains)."""
     head = await tx.fetchone(
-        "SELECT id, status FROM parked WHERE consumer = ? AND entity_key = ? ORDER BY id LIMIT 1",
+        f"SELECT id, status FROM {table} WHERE consumer = ? AND entity_key = ? ORDER BY id LIMIT 1",  # noqa: S608 (a table name of ours)
         (consumer, entity_key),
     )
     if head is not None and head[1] == Status.BLOCKED.value:
         await tx.execute(
-            "UPDATE parked SET status = ?, next_attempt_at = ? WHERE id = ?",
+            f"UPDATE {table} SET status = ?, next_attempt_at = ? WHERE id = ?",  # noqa: S608 (a table name of ours)
             (Status.RETRYING.value, now(), head[0]),
         )
 
@@ -397,11 +402,20 @@ class ReplayReport:
         }
 
 
-class DeadLetterQueue:
-    """The operator's view of dead letters: list, show, replay, discard."""
+def _here(consumer: str) -> str:
+    return "parked"
 
-    def __init__(self, database: Database) -> None:
+
+class DeadLetterQueue:
+    """The operator's view of dead letters: list, show, replay, discard.
+
+    Reads go to ``parked``; a replay or discard writes where ``home_of(consumer)`` says the
+    letter lives (another component's ``"schema".parked`` in a split cluster; None: unknown,
+    the letter is left alone). By default every letter lives in ``parked``."""
+
+    def __init__(self, database: Database, *, home_of: Callable[[str], str | None] = _here) -> None:
         self.database = database
+        self.home_of = home_of
 
     async def prepare(self) -> None:
         await self.database.create_tables(PARKED_TABLES)
@@ -436,26 +450,44 @@ class DeadLetterQueue:
         await self.prepare()
         sql, params = where.where()
         async with self.database.transaction() as tx:
-            letters = [
-                _parked(row) for row in await tx.fetchall(f"{_SELECT} WHERE {sql} ORDER BY id", params)
-            ]
+            found = [_parked(row) for row in await tx.fetchall(f"{_SELECT} WHERE {sql} ORDER BY id", params)]
+            homes = self._homes(found)
             if not dry_run:
-                await tx.executemany(
-                    "UPDATE parked SET status = ?, attempts = 0, next_attempt_at = ? "
-                    "WHERE id = ? AND status = ?",
-                    [(Status.RETRYING.value, now(), letter.id, Status.DEAD.value) for letter in letters],
-                )
-        return ReplayReport(dry_run=dry_run, replayed=letters)
+                for home, letters in homes.items():
+                    await tx.executemany(
+                        f"UPDATE {home} SET status = ?, attempts = 0, next_attempt_at = ? "  # noqa: S608 (a table name of ours)
+                        "WHERE id = ? AND status = ?",
+                        [(Status.RETRYING.value, now(), letter.id, Status.DEAD.value) for letter in letters],
+                    )
+        replayed = sorted((letter for letters in homes.values() for letter in letters), key=lambda x: x.id)
+        return ReplayReport(dry_run=dry_run, replayed=replayed)
+
+    def _homes(self, letters: Sequence[ParkedMessage]) -> dict[str, list[ParkedMessage]]:
+        """``letters`` by the table each lives in; those of an unknown home are logged and left out."""
+        homes: dict[str, list[ParkedMessage]] = {}
+        for letter in letters:
+            if (home := self._home(letter)) is not None:
+                homes.setdefault(home, []).append(letter)
+        return homes
+
+    def _home(self, letter: ParkedMessage) -> str | None:
+        home = self.home_of(letter.consumer)
+        if home is None:
+            log.warning("dead letter %s of unknown consumer %r left alone", letter.id, letter.consumer)
+        return home
 
     async def discard(self, parked_id: int) -> ParkedMessage | None:
         """Drop one dead letter for good (the next event of its entity is then applied); None if absent."""
         await self.prepare()
         async with self.database.transaction() as tx:
             row = await tx.fetchone(f"{_SELECT} WHERE id = ? AND status = ?", (parked_id, Status.DEAD.value))
-            if row is None:
+            letter = None if row is None else _parked(row)
+            home = None if letter is None else self._home(letter)
+            if letter is None or home is None:
                 return None
-            letter = _parked(row)
-            await ParkingLot().resolve(tx, letter)
+            await tx.execute(f"DELETE FROM {home} WHERE id = ?", (letter.id,))  # noqa: S608 (a table name of ours)
+            if letter.entity_key is not None:
+                await promote_next(tx, letter.consumer, letter.entity_key, table=home)
         return letter
 
     async def counts(self) -> Mapping[str, int]:

@@ -19,7 +19,7 @@ import asyncio
 import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib.resources import files
 from typing import Any, Protocol
 
@@ -44,6 +44,13 @@ _CATALOG_ROWS = (
     "WHERE collection LIKE 'productCatalogManagement/%'"
 )
 
+# Every version of the documents of a resource type that keeps its history (``keep_history``),
+# appended in the transaction that writes it; body NULL = deleted. ``recorded_at`` is UTC with
+# microseconds, fixed width, so text order is time order on both databases.
+_HISTORY_INDEX = (
+    "CREATE INDEX IF NOT EXISTS tmf_resource_history_at ON tmf_resource_history (collection, recorded_at)"
+)
+
 RESOURCE_TABLES = TableSet(
     name="tmf-resources",
     sqlite=[
@@ -55,6 +62,13 @@ RESOURCE_TABLES = TableSet(
             body TEXT NOT NULL,
             PRIMARY KEY (collection, id))""",
         f"CREATE VIEW IF NOT EXISTS catalog_resource AS {_CATALOG_ROWS}",
+        """CREATE TABLE IF NOT EXISTS tmf_resource_history (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            collection TEXT NOT NULL,
+            id TEXT NOT NULL,
+            recorded_at TEXT NOT NULL,
+            body TEXT)""",
+        _HISTORY_INDEX,
     ],
     postgresql=[
         """CREATE TABLE IF NOT EXISTS tmf_resource (
@@ -65,6 +79,13 @@ RESOURCE_TABLES = TableSet(
             body JSONB NOT NULL,
             PRIMARY KEY (collection, id))""",
         f"CREATE OR REPLACE VIEW catalog_resource AS {_CATALOG_ROWS}",
+        """CREATE TABLE IF NOT EXISTS tmf_resource_history (
+            seq BIGSERIAL PRIMARY KEY,
+            collection TEXT NOT NULL,
+            id TEXT NOT NULL,
+            recorded_at TEXT NOT NULL,
+            body JSONB)""",
+        _HISTORY_INDEX,
     ],
 )
 
@@ -157,6 +178,42 @@ class ResourceCollection:
         )
         return changed == 1
 
+    async def remember(
+        self, tx: Transaction, resource_id: str, document: Mapping[str, Any] | None, at: datetime
+    ) -> None:
+        """Append a version of ``resource_id`` to its history (None: it was deleted at ``at``)."""
+        body = None if document is None else orjson.dumps(document).decode()
+        await tx.execute(
+            "INSERT INTO tmf_resource_history (collection, id, recorded_at, body) VALUES (?, ?, ?, ?)",
+            (self.name, resource_id, history_time(at), body),
+        )
+
+    async def all_as_of(self, moment: datetime) -> list[Document]:
+        """Every document as it was at ``moment``, in creation order: its history replayed up to then."""
+        rows = await self.database.fetchall(
+            "SELECT id, body FROM tmf_resource_history WHERE collection = ? AND recorded_at <= ?"
+            " ORDER BY seq",
+            (self.name, history_time(moment)),
+        )
+        latest: dict[str, Any] = {}
+        for resource_id, body in rows:
+            latest[str(resource_id)] = body  # dicts keep the first insertion's place: creation order
+        return [_load_body(body) for body in latest.values() if body is not None]
+
+    async def get_as_of(self, resource_id: str, moment: datetime) -> Document | None:
+        """``resource_id`` as it was at ``moment``; None if it did not exist then (or was deleted)."""
+        row = await self.database.fetchone(
+            "SELECT body FROM tmf_resource_history WHERE collection = ? AND id = ? AND recorded_at <= ?"
+            " ORDER BY seq DESC LIMIT 1",
+            (self.name, resource_id, history_time(moment)),
+        )
+        return None if row is None or row[0] is None else _load_body(row[0])
+
+
+def history_time(moment: datetime) -> str:
+    """UTC, microseconds, fixed width: sorts as text in the order of time."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
 
 @dataclass(frozen=True)
 class Lifecycle:
@@ -224,6 +281,7 @@ class ResourceType:
     events: frozenset[EventKind] = frozenset(EventKind)
     schema_name: str | None = None  # OpenAPI component describing the resource
     operations: frozenset[Operation] = frozenset(Operation)  # HTTP routes served
+    keep_history: bool = False  # every version kept (tmf_resource_history): reads ``as of`` a moment
 
     def event_type(self, kind: EventKind) -> str:
         return f"{self.type_name}{kind.value}Event"
@@ -299,6 +357,7 @@ class ResourceService:
             lifecycle.check_known(document[lifecycle.attribute])
         self._validate(document)
         await self.collection.add(tx, document, now)
+        await self._remember(tx, resource_id, document, now)
         await self._emit(tx, EventKind.CREATE, document, now)
         return document
 
@@ -340,6 +399,7 @@ class ResourceService:
         self._stamp(after, now)
         self._validate(after)
         await self.collection.replace(tx, after, stored.version)
+        await self._remember(tx, resource_id, after, now)
         if state_changed:
             await self._emit(tx, EventKind.STATE_CHANGE, after, now)
         attributes = [name for name in changed if not (lifecycle and name == lifecycle.attribute)]
@@ -357,7 +417,29 @@ class ResourceService:
         stored = await self.collection.load(tx, resource_id)
         if stored is None or not await self.collection.remove(tx, resource_id):
             raise self._not_found(resource_id)
-        await self._emit(tx, EventKind.DELETE, stored.document, utcnow())
+        now = utcnow()
+        await self._remember(tx, resource_id, None, now)
+        await self._emit(tx, EventKind.DELETE, stored.document, now)
+
+    async def get_as_of(self, resource_id: str, moment: datetime) -> Document:
+        """The resource as it was at ``moment`` (``keep_history`` types); 404 if it did not exist then."""
+        await self.tables.ensure()
+        document = await self.collection.get_as_of(resource_id, moment)
+        if document is None:
+            then = format_time(moment)
+            raise ResourceNotFound(f"no {self.resource.name} with id {resource_id!r} as of {then}")
+        return document
+
+    async def list_as_of(self, query: ResourceQuery, moment: datetime) -> Page:
+        """The page ``query`` asks for among the resources as they were at ``moment``."""
+        await self.tables.ensure()
+        return apply_query(await self.collection.all_as_of(moment), query)
+
+    async def _remember(
+        self, tx: Transaction, resource_id: str, document: Document | None, now: datetime
+    ) -> None:
+        if self.resource.keep_history:
+            await self.collection.remember(tx, resource_id, document, now)
 
     def _check_writable(self, changed: Sequence[str], read_only: frozenset[str]) -> None:
         managed = set(read_only) | {"id", "href"}

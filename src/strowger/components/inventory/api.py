@@ -103,6 +103,7 @@ def _inventory_api(
     resource: str,
     type_name: str,
     lifecycle: Lifecycle,
+    keep_history: bool = False,
 ) -> TmfApi:
     definitions = _definitions(schema_file)
     return TmfApi(
@@ -118,6 +119,7 @@ def _inventory_api(
                 last_update=None,  # the v4 inventory resources have no lastUpdate attribute
                 lifecycle=lifecycle,
                 schema_name=type_name,
+                keep_history=keep_history,
             ),
         ),
         topic=topic,
@@ -135,6 +137,7 @@ PRODUCT_INVENTORY_API = _inventory_api(
     resource="product",
     type_name="Product",
     lifecycle=PRODUCT_STATUS,
+    keep_history=True,  # TMF637 ?asOf= answers from the inventory's own product history
 )
 SERVICE_INVENTORY_API = _inventory_api(
     name="serviceInventory",
@@ -169,9 +172,7 @@ def product_inventory_router(
 
     router = tmf_router(PRODUCT_INVENTORY_API, database, event_sink, guard or CallbackGuard())
     (resource,) = PRODUCT_INVENTORY_API.resources
-    return add_as_of_routes(
-        router, database, ResourceService(PRODUCT_INVENTORY_API, resource, database, event_sink)
-    )
+    return add_as_of_routes(router, ResourceService(PRODUCT_INVENTORY_API, resource, database, event_sink))
 
 
 def service_inventory_router(

@@ -16,6 +16,9 @@ Idempotency is keyed by ``requestId`` in a small ledger
 finds the entities already moved and changes nothing, and a remove that
 overtakes its record leaves a tombstone so the late record writes nothing.
 
+``TerminateServices`` is reconciliation's repair (from operations): the named
+services still ``active`` become ``terminated``; idempotent by state, no ledger.
+
 Failures: a malformed command, an illegal lifecycle move (e.g. re-activating a
 terminated service) or a schema violation is replied as a permanent failure,
 with every write of the command rolled back (savepoint); anything else
@@ -31,7 +34,13 @@ from typing import Any
 import orjson
 
 from strowger.bus.runtime import Consumer, UnitOfWork
-from strowger.components.contract import RECORD_INVENTORY, REMOVE_INVENTORY, SERVICE_EVENTS, failure
+from strowger.components.contract import (
+    RECORD_INVENTORY,
+    REMOVE_INVENTORY,
+    SERVICE_EVENTS,
+    TERMINATE_SERVICES,
+    failure,
+)
 from strowger.components.inventory.service import ResourceInventory, ServiceInventory
 from strowger.errors import InvalidStateTransition, PermanentError, SchemaViolation
 from strowger.events.envelope import Envelope, format_time, utcnow
@@ -105,6 +114,8 @@ class InventoryCommands:
             return await self.record(tx, command)
         if command.event_type == REMOVE_INVENTORY.name:
             return await self.remove(tx, command)
+        if command.event_type == TERMINATE_SERVICES.name:
+            return await self.terminate(tx, command)
         raise MalformedCommand(f"the inventory does not execute {command.event_type!r}")
 
     async def record(self, tx: Transaction, command: Envelope) -> Envelope:
@@ -168,6 +179,40 @@ class InventoryCommands:
         }
         return command.caused(REMOVE_INVENTORY.succeeded, payload)
 
+    async def terminate(self, tx: Transaction, command: Envelope) -> Envelope:
+        """Reconciliation's repair: the named services still ``active`` become ``terminated``.
+
+        By service id, not by record request: the drift is a service, which may have no ledger
+        entry. One that moved on meanwhile (already terminated, suspended, gone) is left alone."""
+        try:
+            request_id = _request_id(command)
+            ids = _service_ids(command.payload.get("services"))
+        except MalformedCommand as error:
+            return command.caused(TERMINATE_SERVICES.failed, failure(str(error), permanent=True))
+        await tx.execute(f"SAVEPOINT {_SAVEPOINT}")
+        try:
+            terminated = []
+            for service_id in ids:
+                if await self._is_active(tx, service_id):
+                    changes = {"state": "terminated", "endDate": format_time(utcnow())}
+                    terminated.append(await self.services.update(tx, service_id, changes))
+        except (InvalidStateTransition, SchemaViolation) as error:
+            await tx.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+            await tx.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
+            payload = {"requestId": request_id, **failure(str(error), permanent=True)}
+            return command.caused(TERMINATE_SERVICES.failed, payload)
+        await tx.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
+        payload = {
+            "requestId": request_id,
+            "sagaId": command.payload.get("sagaId"),
+            "services": [{"id": s["id"], "state": s.get("state")} for s in terminated],
+        }
+        return command.caused(TERMINATE_SERVICES.succeeded, payload)
+
+    async def _is_active(self, tx: Transaction, service_id: str) -> bool:
+        stored = await self.services.get(tx, service_id)
+        return stored is not None and stored.get("state") == "active"
+
     async def _terminate(self, tx: Transaction, ids: Sequence[str]) -> list[Document]:
         terminated = []
         for service_id in ids:
@@ -206,7 +251,7 @@ def inventory_command_consumer(commands: InventoryCommands, *, name: str = CONSU
         name=name,
         topics=(INVENTORY_COMMANDS.name,),
         handler=execute,
-        event_types=frozenset({RECORD_INVENTORY.name, REMOVE_INVENTORY.name}),
+        event_types=frozenset({RECORD_INVENTORY.name, REMOVE_INVENTORY.name, TERMINATE_SERVICES.name}),
     )
 
 
@@ -346,6 +391,12 @@ def _request_id(command: Envelope) -> str:
 def _text(value: Any, name: str) -> str:
     if not isinstance(value, str) or not value:
         raise MalformedCommand(f"'{name}' must be a non-empty string, got {value!r}")
+    return value
+
+
+def _service_ids(value: Any) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise MalformedCommand(f"'services' must be a non-empty list of service ids, got {value!r}")
     return value
 
 

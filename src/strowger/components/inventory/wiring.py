@@ -1,4 +1,5 @@
-"""Plugs the inventory command handler (RecordInventory/RemoveInventory) into a Platform.
+"""Plugs the inventory's consumers into a Platform: RecordInventory/RemoveInventory, and the
+product inventory fed by the ordering events (``inventory-products``).
 
 The inventory APIs themselves are wired by the composition root (``_tmf_apis``).
 """
@@ -12,7 +13,8 @@ from strowger.components.inventory.commands import (
     InventoryCommands,
     inventory_command_consumer,
 )
-from strowger.components.inventory.service import ResourceInventory, ServiceInventory
+from strowger.components.inventory.products import product_inventory_consumer
+from strowger.components.inventory.service import ProductInventory, ResourceInventory, ServiceInventory
 from strowger.tmf.resources import RESOURCE_TABLES
 
 if TYPE_CHECKING:
@@ -20,16 +22,12 @@ if TYPE_CHECKING:
 
 
 def install(platform: Platform) -> InventoryCommands:
-    """The consumer of ``oss.inventory.commands``, writing TMF638/TMF639 entities in its transaction."""
+    """``oss.inventory.commands`` (TMF638/TMF639) and the TMF637 products of completed orders."""
     sink = platform.sink("inventory")
     commands = InventoryCommands(
         ServiceInventory(platform.database, sink), ResourceInventory(platform.database, sink)
     )
     platform.add_tables(RESOURCE_TABLES, INVENTORY_COMMAND_TABLES)
     platform.add_consumer(inventory_command_consumer(commands))
-    if platform.settings.database_schemas:  # a split cluster: ordering may not write our tables
-        from strowger.components.inventory.products import product_inventory_consumer
-        from strowger.components.inventory.service import ProductInventory
-
-        platform.add_consumer(product_inventory_consumer(ProductInventory(platform.database, sink)))
+    platform.add_consumer(product_inventory_consumer(ProductInventory(platform.database, sink)))
     return commands

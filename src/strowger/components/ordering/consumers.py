@@ -16,21 +16,15 @@ optionally, ``{"externalReferenceType": "ProductOrderItem", "name": <item id>}``
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from strowger.bus.runtime import Consumer, UnitOfWork
-from strowger.components.inventory.service import ProductInventory
-from strowger.components.ordering.aggregate import ProductOrder
 from strowger.components.ordering.service import OrderingService
 from strowger.components.ordering.states import ProductOrderState
 from strowger.components.ordering.validation import read_catalog, validate_order
 from strowger.events.envelope import Envelope
 from strowger.events.topics import ORDERING_EVENTS, SERVICE_EVENTS
-from strowger.store.db import Transaction
-
-log = logging.getLogger("strowger.ordering")
 
 Document = Mapping[str, Any]
 
@@ -64,8 +58,9 @@ def validation_consumer(
     )
 
 
-def fulfilment_consumer(service: OrderingService, inventory: ProductInventory | None = None) -> Consumer:
-    """Applies service order outcomes to the product order items; on completion records the products."""
+def fulfilment_consumer(service: OrderingService) -> Consumer:
+    """Applies service order outcomes to the product order items (the inventory records the products
+    from the ProductOrderStateChangeEvent this emits: ``inventory-products``)."""
 
     async def on_service_order(envelope: Envelope, uow: UnitOfWork) -> None:
         service_order = envelope.payload.get("serviceOrder")
@@ -80,8 +75,6 @@ def fulfilment_consumer(service: OrderingService, inventory: ProductInventory | 
             return
         order.record_fulfilment(item_ids, outcome, service.clock())
         await service.commit(uow.tx, order, causation_id=envelope.event_id)
-        if inventory is not None and order.state in (ProductOrderState.COMPLETED, ProductOrderState.PARTIAL):
-            await record_products(uow.tx, inventory, order)
 
     return Consumer(
         name="ordering-fulfilment",
@@ -105,58 +98,3 @@ def product_order_reference(service_order: Document) -> tuple[str | None, list[s
         elif kind == "productorderitem" and name:
             items.append(str(name))
     return order_id, items
-
-
-async def record_products(tx: Transaction, inventory: ProductInventory, order: ProductOrder) -> None:
-    """TMF637: a completed ``add`` item creates an active product, ``modify`` updates it, ``delete``
-    terminates it. The product id is ``item.product.id`` if given, else ``<order id>-<item id>``."""
-    await record_ordered_products(tx, inventory, order.to_tmf())
-
-
-async def record_ordered_products(tx: Transaction, inventory: ProductInventory, document: Document) -> None:
-    """:func:`record_products` from the order's TMF622 representation (as its notifications carry it)."""
-    order_id = str(document["id"])
-    now = str(document.get("completionDate") or document["orderDate"])
-    for item in document.get("productOrderItem", ()):
-        if item.get("state") != "completed":
-            continue
-        product = dict(item.get("product") or {})
-        product_id = str(product.get("id") or f"{order_id}-{item['id']}")
-        action = item.get("action")
-        if action == "delete":
-            if await inventory.get(tx, product_id) is None:
-                log.warning(
-                    "order %s deletes product %s, which the inventory does not have", order_id, product_id
-                )
-                continue
-            await inventory.update(tx, product_id, {"status": "terminated", "terminationDate": now})
-        elif action in ("add", "modify"):
-            await inventory.upsert(tx, _product(product_id, product, item, document, now))
-
-
-def _product(
-    product_id: str, product: dict[str, Any], item: Document, order: Document, now: str
-) -> dict[str, Any]:
-    entity: dict[str, Any] = {key: value for key, value in product.items() if key not in ("href",)}
-    entity.update(
-        {
-            "id": product_id,
-            "status": "active",
-            "productOffering": item.get("productOffering"),
-            "billingAccount": item.get("billingAccount") or order.get("billingAccount"),
-            "relatedParty": order.get("relatedParty"),
-            "productOrderItem": [
-                {
-                    "orderItemId": item["id"],
-                    "orderItemAction": item.get("action"),
-                    "productOrderId": order["id"],
-                    "productOrderHref": order["href"],
-                    "@referredType": "ProductOrderItem",
-                }
-            ],
-        }
-    )
-    if item.get("action") == "add":
-        entity.setdefault("startDate", now)
-        entity.setdefault("orderDate", order.get("orderDate"))
-    return {key: value for key, value in entity.items() if value is not None}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from strowger.components.inventory.service import ProductInventory
 from strowger.components.ordering.api import ordering_router
 from strowger.components.ordering.consumers import fulfilment_consumer, validation_consumer
 from strowger.components.ordering.service import OrderingService
@@ -23,9 +22,6 @@ def install(platform: Platform) -> OrderingService:
     database = platform.database
     store = open_event_store(database)
     service = OrderingService(database, store, platform.sink("ordering"))
-    # In a split cluster the inventory component records the products itself (inventory-products).
-    split = bool(platform.settings.database_schemas)
-    inventory = None if split else ProductInventory(database, platform.sink("inventory"))
     platform.add_tables(store.tables, VIEW_TABLES, RESOURCE_TABLES, HUB_TABLES)
     guard = CallbackGuard.from_settings(platform.settings.hub_allowed_networks)
     platform.add_router(
@@ -34,5 +30,5 @@ def install(platform: Platform) -> OrderingService:
         href=f"{service.base_path}/productOrder",
     )
     platform.add_consumer(validation_consumer(service, sample_technical_catalog()))
-    platform.add_consumer(fulfilment_consumer(service, inventory))
+    platform.add_consumer(fulfilment_consumer(service))  # the inventory records the products itself
     return service

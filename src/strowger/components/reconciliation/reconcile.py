@@ -11,28 +11,37 @@ Drift found (each emitted as ``InventoryDriftDetected``, Category.SYSTEM, on ``o
   — left to an operator (re-recording needs the network's word).
 
 Running sagas are never touched: their compensations may still be on the way.
-Each pass is one transaction, so a repair and its drift event commit together.
+
+Reading and repairing cross component boundaries, so a pass only reads (``sagas``,
+``resource_pool_slot`` and the ``service_state`` view: in a split cluster, read-only views
+granted to operations, components/database.py) and repairs by COMMANDS to the data's owners,
+sent through the outbox: ``ReclaimResources`` to ROM, ``TerminateServices`` to the inventory,
+one per saga, each applied idempotently in its owner's transaction. The same path in one schema
+and in a split cluster. A pass is one transaction: its repair commands and drift events commit
+together; ``repaired`` in a drift means its repair was sent (the owner applies it moments later,
+and until then a next pass reports and sends it again, which changes nothing twice).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from strowger.components.inventory.service import ServiceInventory
-from strowger.components.resource_ordering.pools import POOL_TABLES, ResourcePools
-from strowger.events.envelope import Category, Envelope, format_time, utcnow
+from strowger.components.contract import RECLAIM_RESOURCES, TERMINATE_SERVICES, CommandKind
+from strowger.components.inventory.states import SERVICE_STATE_VIEW
+from strowger.components.resource_ordering.pools import POOL_TABLES
+from strowger.events.envelope import Category, Envelope
 from strowger.events.topics import SYSTEM_EVENTS
 from strowger.saga import SAGA_TABLES
 from strowger.store.db import Database, Transaction
 from strowger.store.outbox import OUTBOX_TABLES
 from strowger.tmf.resources import RESOURCE_TABLES, EventSink
 
-# What a pass reads and writes: sagas, pools, inventories, the outbox (drift events).
-RECONCILED_TABLES = (SAGA_TABLES, POOL_TABLES, RESOURCE_TABLES, OUTBOX_TABLES)
+# What a pass reads (sagas, pools, service states) and writes (the outbox: commands, drift events).
+RECONCILED_TABLES = (SAGA_TABLES, POOL_TABLES, RESOURCE_TABLES, SERVICE_STATE_VIEW, OUTBOX_TABLES)
 DRIFT_EVENT = "InventoryDriftDetected"
 ORPHANED_ALLOCATION = "orphanedAllocation"
 ACTIVE_SERVICE_OF_FAILED_ORDER = "activeServiceOfFailedOrder"
@@ -58,80 +67,113 @@ class Drift:
         }
 
 
-class Reconciler:
-    """One reconciliation pass at a time over the platform's database."""
+@dataclass(frozen=True)
+class Outcome:
+    """What a pass needs of one saga."""
 
-    def __init__(
-        self, database: Database, sink: EventSink, pools: ResourcePools, services: ServiceInventory
-    ) -> None:
+    status: str
+    data: Mapping[str, Any]
+    correlation_id: str
+    entity_key: str  # the order's key: a repair travels on the partition of the order's messages
+
+
+@dataclass
+class Repairs:
+    """What to send the owners, per saga: pool claims to free, services to terminate."""
+
+    claims: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    services: dict[str, list[str]] = field(default_factory=dict)
+
+    def commands(self, sagas: Mapping[str, Outcome]) -> list[tuple[Envelope, str]]:
+        """One command per saga and owner, each with its topic."""
+        wanted: list[tuple[CommandKind, str, str, list[Any]]] = [
+            *((RECLAIM_RESOURCES, "claims", saga, items) for saga, items in self.claims.items()),
+            *((TERMINATE_SERVICES, "services", saga, items) for saga, items in self.services.items()),
+        ]
+        return [
+            (_command(kind, name, saga_id, items, sagas[saga_id]), kind.topic)
+            for kind, name, saga_id, items in wanted
+        ]
+
+
+class Reconciler:
+    """One reconciliation pass at a time: reads the platform's state, commands the owners to repair."""
+
+    def __init__(self, database: Database, sink: EventSink) -> None:
         self.database = database
         self.sink = sink
-        self.pools = pools
-        self.services = services
 
     async def run(self, *, repair: bool = True) -> list[Drift]:
-        """Find drift, repair the safe cases if ``repair``, emit each drift; what was found."""
+        """Find drift, command the safe repairs if ``repair``, emit each drift; what was found."""
         async with self.database.transaction() as tx:
             sagas = await _sagas(tx)
+            repairs = Repairs()
             found = [
-                *await self._allocations(tx, sagas, repair),
-                *await self._services(tx, sagas, repair),
+                *await _allocations(tx, sagas, repairs, repair),
+                *await _services(tx, sagas, repairs, repair),
             ]
+            for command, topic in repairs.commands(sagas) if repair else []:
+                await self.sink.emit(tx, command, topic)
             for drift in found:
                 await self.sink.emit(tx, _event(drift), SYSTEM_EVENTS.name)
         return found
 
-    async def _allocations(
-        self, tx: Transaction, sagas: Mapping[str, tuple[str, Mapping[str, Any]]], repair: bool
-    ) -> list[Drift]:
-        rows = await tx.fetchall(
-            "SELECT pool, ordinal, request_id FROM resource_pool_slot WHERE request_id IS NOT NULL"
-        )
-        found = []
-        for pool, ordinal, request_id in rows:
-            saga_id = str(request_id).split("/", 1)[0]
-            status = sagas.get(saga_id, ("", {}))[0]
-            subject = f"{pool}#{ordinal}"
-            if status in _UNDONE:
-                if repair:
-                    await self.pools.release(tx, str(pool), str(request_id))
-                found.append(
-                    Drift(ORPHANED_ALLOCATION, saga_id, subject, f"held for a {status} saga", repair)
-                )
-            elif not status or status == "aborted":
-                why = "held by no known saga" if not status else "held by an aborted saga"
-                found.append(Drift(ORPHANED_ALLOCATION, saga_id if status else "", subject, why, False))
-        return found
 
-    async def _services(
-        self, tx: Transaction, sagas: Mapping[str, tuple[str, Mapping[str, Any]]], repair: bool
-    ) -> list[Drift]:
-        found = []
-        for saga_id, (status, data) in sagas.items():
-            if status not in (*_UNDONE, "completed"):
+async def _allocations(
+    tx: Transaction, sagas: Mapping[str, Outcome], repairs: Repairs, repair: bool
+) -> list[Drift]:
+    """Pool values held for sagas that did not complete (those of failed/cancelled ones into ``repairs``)."""
+    rows = await tx.fetchall(
+        "SELECT pool, ordinal, request_id FROM resource_pool_slot WHERE request_id IS NOT NULL"
+    )
+    found = []
+    for pool, ordinal, request_id in rows:
+        saga_id = str(request_id).split("/", 1)[0]
+        status = sagas[saga_id].status if saga_id in sagas else ""
+        subject = f"{pool}#{ordinal}"
+        if status in _UNDONE:
+            repairs.claims.setdefault(saga_id, []).append({"pool": str(pool), "requestId": str(request_id)})
+            found.append(Drift(ORPHANED_ALLOCATION, saga_id, subject, f"held for a {status} saga", repair))
+        elif not status or status == "aborted":
+            why = "held by no known saga" if not status else "held by an aborted saga"
+            found.append(Drift(ORPHANED_ALLOCATION, saga_id if status else "", subject, why, False))
+    return found
+
+
+async def _services(
+    tx: Transaction, sagas: Mapping[str, Outcome], repairs: Repairs, repair: bool
+) -> list[Drift]:
+    """Services of ended sagas in the wrong state (active ones of failed/cancelled sagas into ``repairs``)."""
+    found = []
+    for saga_id, saga in sagas.items():
+        if saga.status not in (*_UNDONE, "completed"):
+            continue
+        for service in saga.data.get("services", ()):
+            if service.get("action") != "add":
                 continue
-            for service in data.get("services", ()):
-                if service.get("action") != "add":
-                    continue
-                stored = await self.services.get(tx, str(service["id"]))
-                state = stored.get("state") if stored else None
-                if status in _UNDONE and state == "active":
-                    if repair:
-                        changes = {"state": "terminated", "endDate": format_time(utcnow())}
-                        await self.services.update(tx, str(service["id"]), changes)
-                    detail = f"active for a {status} order"
-                    found.append(
-                        Drift(ACTIVE_SERVICE_OF_FAILED_ORDER, saga_id, service["id"], detail, repair)
-                    )
-                elif status == "completed" and state != "active":
-                    detail = f"completed saga, service is {state or 'missing'}"
-                    found.append(Drift(MISSING_INVENTORY, saga_id, service["id"], detail, False))
-        return found
+            service_id = str(service["id"])
+            state = await _service_state(tx, service_id)
+            if saga.status in _UNDONE and state == "active":
+                repairs.services.setdefault(saga_id, []).append(service_id)
+                detail = f"active for a {saga.status} order"
+                found.append(Drift(ACTIVE_SERVICE_OF_FAILED_ORDER, saga_id, service_id, detail, repair))
+            elif saga.status == "completed" and state != "active":
+                detail = f"completed saga, service is {state or 'missing'}"
+                found.append(Drift(MISSING_INVENTORY, saga_id, service_id, detail, False))
+    return found
 
 
-async def _sagas(tx: Transaction) -> dict[str, tuple[str, Mapping[str, Any]]]:
-    rows = await tx.fetchall("SELECT saga_id, status, data FROM sagas")
-    return {str(saga_id): (str(status), _json(data)) for saga_id, status, data in rows}
+async def _service_state(tx: Transaction, service_id: str) -> str | None:
+    row = await tx.fetchone("SELECT state FROM service_state WHERE id = ?", (service_id,))
+    return str(row[0]) if row and row[0] is not None else None
+
+
+async def _sagas(tx: Transaction) -> dict[str, Outcome]:
+    rows = await tx.fetchall("SELECT saga_id, status, data, correlation_id, entity_key FROM sagas")
+    return {
+        str(saga_id): Outcome(str(status), _json(data), str(correlation_id), str(entity_key))
+        for saga_id, status, data, correlation_id, entity_key in rows
+    }
 
 
 def _json(value: Any) -> Mapping[str, Any]:
@@ -139,6 +181,17 @@ def _json(value: Any) -> Mapping[str, Any]:
         return value  # PostgreSQL jsonb
     loaded = orjson.loads(value)
     return loaded if isinstance(loaded, Mapping) else {}
+
+
+def _command(kind: CommandKind, name: str, saga_id: str, items: list[Any], saga: Outcome) -> Envelope:
+    """``kind`` for the owner: ``name`` lists what to repair; its requestId is stable per saga."""
+    return Envelope(
+        event_type=kind.name,
+        payload={"requestId": f"{saga_id}/reconcile/{name}", "sagaId": saga_id, name: items},
+        entity_key=saga.entity_key or saga_id,
+        category=Category.COMMAND,
+        correlation_id=saga.correlation_id,  # the order's trace shows the repair
+    )
 
 
 def _event(drift: Drift) -> Envelope:

@@ -6,10 +6,9 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from strowger.components.inventory.service import ServiceInventory
+from strowger.components.inventory.states import SERVICE_STATE_VIEW
 from strowger.components.reconciliation.reconcile import Reconciler
-from strowger.components.resource_ordering.pools import pools_from_data
-from strowger.components.sample_catalog import sample_pools
+from strowger.tmf.resources import RESOURCE_TABLES
 
 if TYPE_CHECKING:
     from strowger.bootstrap import Platform
@@ -18,14 +17,15 @@ log = logging.getLogger("strowger.reconciliation")
 
 
 def reconciler(platform: Platform) -> Reconciler:
-    sink = platform.sink("reconciliation")
-    pools = pools_from_data(platform.database, sample_pools())
-    return Reconciler(platform.database, sink, pools, ServiceInventory(platform.database, sink))
+    return Reconciler(platform.database, platform.sink("reconciliation"))
 
 
 def install(platform: Platform, interval: float = 300.0) -> Reconciler:
     """Reconcile every ``interval`` seconds (repairing the safe cases) for the life of the platform."""
     job = reconciler(platform)
+    # The inventory's service_state view, where every component shares one schema; in a split
+    # cluster it is a borrowed name (provisioned in the inventory's schema), so this skips it.
+    platform.add_tables(RESOURCE_TABLES, SERVICE_STATE_VIEW)
 
     async def run() -> None:
         while True:

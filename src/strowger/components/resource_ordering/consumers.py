@@ -1,10 +1,12 @@
-"""ROM's consumer: executes the resource commands and replies on ``oss.resource.events``."""
+"""ROM's consumer: executes the resource commands (the saga's and reconciliation's) and replies on
+``oss.resource.events``."""
 
 from __future__ import annotations
 
 from strowger.bus.runtime import Consumer, UnitOfWork
 from strowger.components.contract import (
     ALLOCATE_RESOURCES,
+    RECLAIM_RESOURCES,
     RELEASE_RESOURCES,
     RESOURCE_COMMANDS,
     RESOURCE_EVENTS,
@@ -26,5 +28,5 @@ def rom_consumer(service: ResourceOrdering, *, name: str = CONSUMER_NAME) -> Con
         name=name,
         topics=(RESOURCE_COMMANDS,),
         handler=execute,
-        event_types=frozenset({ALLOCATE_RESOURCES.name, RELEASE_RESOURCES.name}),
+        event_types=frozenset({ALLOCATE_RESOURCES.name, RELEASE_RESOURCES.name, RECLAIM_RESOURCES.name}),
     )

@@ -7,6 +7,10 @@ commit together or not at all. So no one can ever see an order between
 (``completed``, ``failed``), with one ``ResourceOrderCreateEvent``, instead of
 an insert and three updates that nobody could observe.
 
+``ReclaimResources`` (reconciliation, from operations) frees named pool claims
+left held for sagas that ended without completing; no resource order is written
+for it (the reply and the drift event on ``ops.system.events`` record it).
+
 Idempotency, so a redelivered or retried command (same ``requestId``, new
 command id) never allocates twice nor leaks:
 
@@ -38,7 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from strowger.components.contract import ALLOCATE_RESOURCES, RELEASE_RESOURCES, failure
+from strowger.components.contract import ALLOCATE_RESOURCES, RECLAIM_RESOURCES, RELEASE_RESOURCES, failure
 from strowger.components.ordering.states import ResourceOrderItemState as ItemState
 from strowger.components.ordering.states import ResourceOrderState as State
 from strowger.components.resource_ordering.api import RESOURCE_ORDER, RESOURCE_ORDERING_API
@@ -114,6 +118,8 @@ class ResourceOrdering:
             return await self.allocate(tx, command)
         if command.event_type == RELEASE_RESOURCES.name:
             return await self.release(tx, command)
+        if command.event_type == RECLAIM_RESOURCES.name:
+            return await self.reclaim(tx, command)
         raise MalformedCommand(f"ROM does not execute {command.event_type!r}")
 
     # AllocateResources ---------------------------------------------------------------------
@@ -196,6 +202,28 @@ class ResourceOrdering:
                 "orderItem": [],
             },
         )
+
+    # ReclaimResources (reconciliation) ------------------------------------------------------
+
+    async def reclaim(self, tx: Transaction, command: Envelope) -> Envelope:
+        """Free the named pool claims (held for a saga that ended without completing).
+
+        By claim, not by resource order: reconciliation saw the claims themselves, and a
+        claim may have no order behind it. Every pool is checked before anything is freed."""
+        try:
+            request_id = _request_id(command)
+            claims = _claims(command.payload.get("claims"))
+            for pool, _ in claims:
+                self.pools.definition(pool)
+        except (MalformedCommand, UnknownPool) as error:
+            return _failed(command, RECLAIM_RESOURCES.failed, str(error))
+        released = [
+            {"pool": pool, "requestId": claim}
+            for pool, claim in claims
+            if await self.pools.release(tx, pool, claim)
+        ]
+        payload = {"requestId": request_id, "sagaId": command.payload.get("sagaId"), "released": released}
+        return command.caused(RECLAIM_RESOURCES.succeeded, payload)
 
 
 # Documents -------------------------------------------------------------------------------------
@@ -377,6 +405,18 @@ def _text(payload: Mapping[str, Any], key: str) -> str:
     if not isinstance(value, str) or not value:
         raise MalformedCommand(f"'{key}' must be a non-empty string, got {value!r}")
     return value
+
+
+def _claims(data: Any) -> list[tuple[str, str]]:
+    """``[{"pool", "requestId"}]`` as (pool, claim request id) pairs."""
+    if not isinstance(data, list) or not data:
+        raise MalformedCommand(f"'claims' must be a non-empty list, got {data!r}")
+    claims = []
+    for item in data:
+        if not isinstance(item, Mapping):
+            raise MalformedCommand(f"a claim must be an object with 'pool' and 'requestId': {item!r}")
+        claims.append((_text(item, "pool"), _text(item, "requestId")))
+    return claims
 
 
 def _resources(data: Any) -> list[ResourceRequest]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from strowger.components.database import operations_across_components
 from strowger.ops.dashboard.api import PAGE_PATH, Dashboard, dashboard_router
 from strowger.ops.dashboard.data import AlertProvider, FlowMap, discover_flow, saga_health
 from strowger.saga.store import SAGA_TABLES
@@ -33,7 +34,14 @@ def install(platform: Platform, alerts: AlertProvider | None = None) -> Dashboar
     # The saga health section reads the saga tables even in a process that runs no saga.
     platform.add_tables(SAGA_TABLES)
     provider = alerts if alerts is not None else _PlatformAlerts(platform)
-    dashboard = Dashboard(platform.database, platform.bus, platform.runners, provider)
+    dashboard = Dashboard(
+        platform.database,
+        platform.bus,
+        platform.runners,
+        provider,
+        outbox_across_components=operations_across_components(platform.settings),
+        component=platform.settings.component,
+    )
     platform.add_router(dashboard_router(dashboard), title="Dashboard", href=PAGE_PATH)
     return dashboard
 

@@ -41,12 +41,16 @@ class Dashboard:
         alerts: data.AlertProvider | None = None,
         *,
         rate_window: float = 10.0,
+        outbox_across_components: bool = False,
+        component: str = "all",
     ) -> None:
         self.database = database
         self.bus = bus
         self.runners = runners  # the platform's own list: consumers added later are seen
         self.alerts = alerts
         self.rate_window = rate_window
+        self.outbox_across_components = outbox_across_components  # operations of a split cluster
+        self.component = component
         self._cached: tuple[float, dict[str, Any]] | None = None
         self._lock = asyncio.Lock()
 
@@ -60,11 +64,12 @@ class Dashboard:
 
     async def _read(self) -> dict[str, Any]:
         database, runners = self.database, self.runners
-        flow, sagas, lag, dlq = await asyncio.gather(
+        flow, sagas, lag, dlq, outbox = await asyncio.gather(
             data.section("flow", lambda: _flow_json(database, runners, self.rate_window)),
             data.section("sagas", lambda: data.saga_health(database)),
             data.section("lag", lambda: data.consumer_lag(self.bus, runners)),
             data.section("deadLetters", lambda: data.dead_letters(database)),
+            data.section("outbox", self._outbox),
         )
         return {
             "generatedAt": format_time(utcnow()),
@@ -74,8 +79,14 @@ class Dashboard:
             "sagas": sagas,
             "lag": lag,
             "deadLetters": dlq,
+            "outbox": outbox,
             "alerts": data.active_alerts(self.alerts),
         }
+
+    async def _outbox(self) -> dict[str, Any]:
+        return await data.outbox_backlog(
+            self.database, across_components=self.outbox_across_components, here=self.component
+        )
 
 
 async def _flow_json(database: Database, runners: list[ConsumerRunner], window: float) -> dict[str, Any]:
@@ -92,7 +103,8 @@ def dashboard_router(dashboard: Dashboard) -> APIRouter:
 
     @router.get(f"{PAGE_PATH}/api/overview")
     async def overview() -> dict[str, Any]:
-        """Everything the dashboard shows, in one document: flow map, sagas, lag, dead letters, alerts."""
+        """Everything the dashboard shows, in one document: flow map, sagas, lag, dead letters, outbox
+        backlog, alerts."""
         return await dashboard.snapshot()
 
     @router.get(f"{PAGE_PATH}/api/sagas")

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from strowger.bus.port import Bus
 from strowger.bus.runtime import ConsumerRunner
 from strowger.events.envelope import Header, format_time
+from strowger.ops import backlog
 from strowger.ops.saga_metrics import ORDER_TYPE_KEY, UNSPECIFIED, reason_kind
 from strowger.saga.model import SagaStatus
 from strowger.saga.queries import SagaQueries, percentile
@@ -441,6 +442,15 @@ async def dead_letters(database: Database, limit: int = 50) -> dict[str, Any]:
     queue = DeadLetterQueue(database)
     letters = await queue.find(limit=limit)
     return {"counts": dict(await queue.counts()), "letters": [letter.to_json() for letter in letters]}
+
+
+async def outbox_backlog(database: Database, *, across_components: bool, here: str) -> dict[str, Any]:
+    """Rows waiting for the relay and the oldest one's age, per component (every component's in
+    operations of a split cluster, else this database's outbox as ``here``) and in total."""
+    async with database.snapshot() as tx:
+        found = await backlog.outbox_backlogs(tx, across_components=across_components, here=here)
+    moment = time.time()
+    return {**backlog.total(found).to_json(moment), "components": [b.to_json(moment) for b in found]}
 
 
 def active_alerts(provider: AlertProvider | None) -> list[dict[str, Any]]:

@@ -286,6 +286,15 @@
       [el("tr", {}, el("td", { colspan: 4, class: "empty" }, "no consumer runs in this process"))]);
   }
 
+  // --- outbox backlog ----------------------------------------------------------------------------
+  function drawOutbox(outbox) {
+    if (!outbox || outbox.error) return fill($("outbox"), [el("tr", {}, td(outbox ? outbox.error : "", "error"))]);
+    const age = (seconds) => (seconds === null ? "-" : seconds + " s");
+    $("outbox-summary").textContent = `${outbox.backlog} waiting`;
+    fill($("outbox"), outbox.components.map((c) => el("tr", { "data-component": c.component },
+      td(c.component), td(c.backlog, "num"), td(age(c.oldestAgeSeconds), "num"))));
+  }
+
   // --- dead letters ------------------------------------------------------------------------------
   function drawDeadLetters(dlq) {
     if (dlq.error) return fill($("dlq"), [el("tr", {}, td(dlq.error, "error"))]);
@@ -367,6 +376,7 @@
       drawSagas(snapshot.sagas);
       drawLag(snapshot.lag, snapshot.flow);
       drawDeadLetters(snapshot.deadLetters);
+      drawOutbox(snapshot.outbox);
       drawAlerts(snapshot.alerts);
       pushPoint(snapshot);
       if (Date.now() > flashUntil) {
