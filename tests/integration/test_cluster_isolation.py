@@ -43,6 +43,7 @@ from strowger.store.db import Database
 from strowger.store.deadletters import DeadLetterFilter, Failure, ParkingLot, ReplayReport, Status
 from strowger.store.outbox_schemas import pending_probe
 from strowger.store.postgres import PostgresDatabase, ddl_target
+from strowger.tmf.delivery import queue_name
 
 pytestmark = pytest.mark.integration
 
@@ -350,3 +351,5 @@ def test_parked_ids_ranges_are_disjoint_and_each_letter_has_one_home() -> None:
     assert home_of("billing") == '"s_billing".parked'
     assert home_of("analytics") is None  # its component is not in this cluster
     assert home_of("no-such-group") is None
+    hubs = parked_homes({DIRECTORY: "d", "hub-delivery": "s_hub"})
+    assert hubs(queue_name("productOrderingManagement", "sub-1")) == '"s_hub".parked'  # webhook deliveries

@@ -208,8 +208,10 @@ def parked_homes(schemas: Mapping[str, str]) -> Callable[[str], str | None]:
     """Where a consumer group's dead letters live (its owner's ``"schema".parked``), or None."""
 
     def home_of(consumer: str) -> str | None:
+        # A webhook delivery queue (``hub-delivery/<api>/<subscription>``) is hub-delivery's.
+        group = consumer.partition("/")[0]
         try:
-            owner = owner_of(consumer).name
+            owner = owner_of(group).name
         except KeyError:
             return None
         return f'"{schemas[owner]}".parked' if owner in schemas else None
