@@ -126,6 +126,7 @@ def run(
         loop="uvloop",
         http="httptools",
         access_log=False,
+        timeout_keep_alive=settings.http_keep_alive_seconds,
     )
 
 

@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     bus_namespace: str = Field("", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
+    # Seconds an idle keep-alive connection stays open. Longer than any client's or proxy's own idle
+    # timeout (httpx 5 s, aiohttp 15 s, a cloud load balancer 60 s): a server that closes first races
+    # the client's next request on that connection, which fails with no response (seen as ReadError
+    # on a few POSTs under load with uvicorn's 5 s, equal to httpx's).
+    http_keep_alive_seconds: int = Field(65, ge=1, le=3600)
     component: str = "all"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True

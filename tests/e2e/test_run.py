@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
@@ -36,9 +37,29 @@ def wait_until_healthy(base: str, process: subprocess.Popen[str], seconds: float
     pytest.fail("strowger did not answer /health in time")
 
 
+def idle_connection_still_served(port: int, idle: float) -> bool:
+    """Whether a keep-alive connection left idle for ``idle`` seconds still answers a request."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", "/health")
+        connection.getresponse().read()
+        time.sleep(idle)
+        connection.request("GET", "/health")
+        return connection.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
+
+
 def test_run_serves_health_on_sqlite_under_var_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     port = free_port()
-    env = {**os.environ, "STROWGER_CONFIG": "/nonexistent.toml", "STROWGER_PORT": str(port)}
+    env = {
+        **os.environ,
+        "STROWGER_CONFIG": "/nonexistent.toml",
+        "STROWGER_PORT": str(port),
+        "STROWGER_HTTP_KEEP_ALIVE_SECONDS": "8",
+    }
     env.pop("STROWGER_DATABASE_URL", None)
     env.pop("STROWGER_BUS_URL", None)
     process = subprocess.Popen(
@@ -52,6 +73,7 @@ def test_run_serves_health_on_sqlite_under_var_and_stops_cleanly_on_ctrl_c(tmp_p
         ready = httpx.get(f"{base}/ready", timeout=5)
         assert ready.json() == {"status": "ready", "database": "sqlite", "bus": "embedded"}
         assert (tmp_path / "var" / "strowger.db").exists()
+        assert idle_connection_still_served(port, idle=6.0)  # uvicorn's own default closes it at 5 s
     finally:
         process.send_signal(signal.SIGINT)
         try:
