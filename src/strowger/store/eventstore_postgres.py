@@ -19,6 +19,8 @@ The whole append is ONE statement: reserve positions, check that the stream is
 at the expected version, insert every event (``unnest`` of arrays keeps the SQL
 text constant so psycopg prepares it once). A stream that moved on surfaces as
 no row inserted, or as a primary-key violation: both raise ConcurrencyConflict.
+A one-event append (the common case) has its own scalar form of the same statement:
+dumping six one-element arrays and unnesting them cost more than the insert itself.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ import psycopg
 from psycopg.types.numeric import Int4, Int8
 
 from strowger.errors import ConcurrencyConflict
-from strowger.store.db import TableSet, Transaction
+from strowger.store.db import Params, TableSet, Transaction
 from strowger.store.eventstore import NewEvent, SqlEventStore
+from strowger.store.postgres import BinaryArray
 
 TABLES = TableSet(
     name="eventstore",
@@ -94,6 +97,21 @@ FROM reserved,
 RETURNING position
 """
 
+APPEND_ONE = """
+WITH reserved AS (
+    UPDATE strowger_event_sequence SET last_position = last_position + 1
+    WHERE id = 1
+      AND (?::bigint = 0 OR EXISTS (
+          SELECT 1 FROM strowger_events WHERE stream_id = ? AND version = ?::bigint))
+    RETURNING last_position
+)
+INSERT INTO strowger_events (stream_id, version, position, event_id, event_type, schema_version,
+                             recorded_at, correlation_id, causation_id, payload)
+SELECT ?, ?::bigint + 1, reserved.last_position, ?, ?, ?::int, ?, ?, ?, ?
+FROM reserved
+RETURNING position
+"""
+
 
 class PostgresEventStore(SqlEventStore):
     tables = TABLES
@@ -106,27 +124,13 @@ class PostgresEventStore(SqlEventStore):
         events: Sequence[NewEvent],
         recorded_at: datetime,
     ) -> list[int]:
-        # psycopg dumps an int as int2, int4 or int8 by its value and keys its prepared statements
-        # on those types: fixed Int8/Int4 let one prepared plan serve every append.
-        count, expected = Int8(len(events)), Int8(expected_version)
-        params = (
-            count,
-            expected,
-            stream_id,
-            expected,
-            stream_id,
-            expected,
-            count,
-            recorded_at,
-            [event.event_id for event in events],
-            [event.event_type for event in events],
-            [Int4(event.schema_version) for event in events],
-            [event.correlation_id for event in events],
-            [event.causation_id for event in events],
-            [orjson.dumps(event.payload) for event in events],
-        )
+        if len(events) == 1:
+            (event,) = events
+            statement, params = APPEND_ONE, _one_event_params(stream_id, expected_version, event, recorded_at)
+        else:
+            statement, params = APPEND, _params(stream_id, expected_version, events, recorded_at)
         try:
-            rows = await tx.fetchall(APPEND, params)
+            rows = await tx.fetchall(statement, params)
         except psycopg.errors.UniqueViolation as exc:
             raise ConcurrencyConflict(f"stream {stream_id!r} is not at version {expected_version}") from exc
         if not rows:  # the predecessor check failed: nothing was reserved nor inserted
@@ -142,3 +146,47 @@ class PostgresEventStore(SqlEventStore):
     def _load_time(self, stored: Any) -> datetime:
         moment: datetime = stored
         return moment.astimezone(UTC)
+
+
+# psycopg dumps an int as int2, int4 or int8 by its value and keys its prepared statements
+# on those types: fixed Int8/Int4 let one prepared plan serve every append.
+
+
+def _params(stream_id: str, expected_version: int, events: Sequence[NewEvent], at: datetime) -> Params:
+    """APPEND's parameters: the events as one array per column."""
+    count, expected = Int8(len(events)), Int8(expected_version)
+    return (
+        count,
+        expected,
+        stream_id,
+        expected,
+        stream_id,
+        expected,
+        count,
+        at,
+        BinaryArray(event.event_id for event in events),
+        BinaryArray(event.event_type for event in events),
+        BinaryArray(Int4(event.schema_version) for event in events),
+        BinaryArray(event.correlation_id for event in events),
+        BinaryArray(event.causation_id for event in events),
+        BinaryArray(orjson.dumps(event.payload) for event in events),
+    )
+
+
+def _one_event_params(stream_id: str, expected_version: int, event: NewEvent, at: datetime) -> Params:
+    """APPEND_ONE's parameters."""
+    expected = Int8(expected_version)
+    return (
+        expected,
+        stream_id,
+        expected,
+        stream_id,
+        expected,
+        event.event_id,
+        event.event_type,
+        Int4(event.schema_version),
+        at,
+        event.correlation_id,
+        event.causation_id,
+        orjson.dumps(event.payload),
+    )
