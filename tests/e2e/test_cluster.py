@@ -104,6 +104,7 @@ async def test_orders_complete_across_processes_and_survive_a_killed_som(cluster
         assert trace.status_code == 200 and trace.json()["id"] == before[0], trace.text
         await operations_repairs_other_components_dead_letters(cluster, client)
         await operations_sees_every_outbox_and_the_sagas(client)
+        await the_gateway_is_the_one_entry_point(cluster, headers)
 
         cluster.kill("service-ordering", signal.SIGKILL)
         assert not cluster.alive("service-ordering")
@@ -204,3 +205,21 @@ async def operations_sees_every_outbox_and_the_sagas(client: httpx.AsyncClient) 
     assert {"ordering", "service-ordering", "billing", "operations"} <= outboxes, overview["outbox"]
     started = sum(saga["started"] for saga in overview["sagas"]["types"])
     assert started >= 3, overview["sagas"]  # SOM's sagas, not operations' empty copy
+
+
+async def the_gateway_is_the_one_entry_point(cluster: Cluster, headers: dict[str, str]) -> None:
+    """One port for every API: the dashboard (operations) and its saga actions (service-ordering)."""
+    assert cluster.gateway_url is not None
+    async with httpx.AsyncClient(base_url=cluster.gateway_url, headers=headers, timeout=30) as gateway:
+        sagas = await gateway.get("/sagas")  # answered 404 on operations' own port
+        assert sagas.status_code == 200 and len(sagas.json()) >= 3, sagas.text
+        detail = await gateway.get(f"/sagas/{sagas.json()[0]['id']}")
+        assert detail.status_code == 200, detail.text
+        assert (await gateway.get("/dashboard")).status_code == 200
+        order_id = await place(gateway)
+        shown = await gateway.get(f"{ORDERS}/{order_id}")
+        assert shown.status_code == 200 and shown.json()["id"] == order_id, shown.text
+        unknown = await gateway.get("/tmf-api/nothingHere/v4/thing")
+        assert unknown.status_code == 404 and unknown.json()["@type"] == "Error"
+        anonymous = await gateway.get("/sagas", headers={"X-API-Key": ""})
+        assert anonymous.status_code == 401, anonymous.text  # the key, not the gateway, let the others in

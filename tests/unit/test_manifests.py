@@ -211,3 +211,35 @@ def test_the_topic_job_creates_the_whole_catalogue() -> None:
     (container,) = job["spec"]["template"]["spec"]["containers"]
     (topics,) = [var["value"] for var in container["env"] if var["name"] == "TOPICS"]
     assert topics.split() == [f"{topic.name}:{topic.partitions}" for topic in ALL_TOPICS]
+
+
+def ingress_paths() -> list[tuple[str, str, Any]]:
+    """(path, Service name, Service port) of every rule of the Ingress."""
+    (ingress,) = of_kind("Ingress")
+    assert ingress["apiVersion"] == "networking.k8s.io/v1" and ingress["spec"]["ingressClassName"]
+    return [
+        (path["path"], path["backend"]["service"]["name"], path["backend"]["service"]["port"])
+        for rule in ingress["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    ]
+
+
+def service_ports() -> dict[str, list[Any]]:
+    """Each Service's port names and numbers (an Ingress backend may name either)."""
+    return {
+        doc["metadata"]["name"]: [
+            value for port in doc["spec"]["ports"] for value in (port["name"], port["port"])
+        ]
+        for doc in of_kind("Service")
+    }
+
+
+def test_the_ingress_routes_every_api_to_the_service_of_the_component_serving_it() -> None:
+    paths = ingress_paths()
+    served = {api: f"strowger-{c.name}" for c in COMPONENTS if c.available for api in c.http_apis}
+    assert sorted(path for path, _, _ in paths) == sorted(served)  # each API exactly once, nothing else
+    ports = service_ports()
+    for path, service, port in paths:
+        assert service == served[path], path
+        assert port.get("name", port.get("number")) in ports[service], path
+    assert "ingress.yaml" in kustomize_resources()

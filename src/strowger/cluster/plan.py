@@ -23,6 +23,7 @@ SINGLETONS = frozenset({"operations", "catalog"})
 # Started alone first: it creates every table and seeds the catalog and schema registry,
 # so the others start against a ready schema instead of racing on CREATE TABLE.
 FIRST = "catalog"
+GATEWAY = "gateway"  # the name of the entry point's process (not a component)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,8 @@ class ClusterPlan:
     # Each component in its own schema, as its own role (strowger.cluster.provision); False: every
     # process shares ``database_schema`` and the URL's role.
     split_database: bool = True
+    # The HTTP entry point (strowger.cluster.gateway), its own process; None: no gateway.
+    gateway: ProcessSpec | None = None
 
     @property
     def bus(self) -> str:
@@ -60,6 +63,8 @@ class ClusterPlan:
         for spec in self.processes:
             if spec.name == name:
                 return spec
+        if self.gateway is not None and self.gateway.name == name:
+            return self.gateway
         raise KeyError(name)
 
     def instances_of(self, component: str) -> list[ProcessSpec]:
@@ -71,7 +76,8 @@ class ClusterPlan:
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> ClusterPlan:
         processes = tuple(ProcessSpec(**spec) for spec in document.pop("processes"))
-        return cls(processes=processes, **document)
+        gateway = document.pop("gateway", None)
+        return cls(processes=processes, gateway=ProcessSpec(**gateway) if gateway else None, **document)
 
 
 def plan_cluster(
@@ -111,6 +117,7 @@ def plan_cluster(
         processes=tuple(processes),
         environment=dict(environment or {}),
         component_environment=_component_defaults(component_environment or {}),
+        gateway=ProcessSpec(GATEWAY, GATEWAY, 1, free_port()),
     )
 
 

@@ -3,7 +3,8 @@
 Each process is ``python -m strowger.cli run <component> --port P`` in its own session
 (so a terminal's Ctrl-C or the exit of ``strowger cluster up`` does not reach it), with
 its log in ``<root>/<name>.log``. The state file ``<root>/cluster.json`` (the plan plus
-every pid) lets a later invocation report and stop what an earlier one started.
+every pid) lets a later invocation report and stop what an earlier one started. The plan's
+gateway (the HTTP entry point, ``strowger cluster gateway``) is one more such process.
 
 Before any process starts, :mod:`strowger.cluster.provision` gives each component its own
 PostgreSQL schema and role (the plan's ``split_database``); ``down`` drops them.
@@ -28,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from strowger.cluster.plan import FIRST, ClusterPlan, ProcessSpec
+from strowger.cluster.plan import FIRST, GATEWAY, ClusterPlan, ProcessSpec
 from strowger.cluster.provision import ProvisionError, deprovision, provision, refresh_directory
 
 STATE_FILE = "cluster.json"
@@ -90,6 +91,15 @@ class Cluster:
     def url(self, spec: ProcessSpec) -> str:
         return f"http://127.0.0.1:{spec.port}"
 
+    @property
+    def gateway_url(self) -> str | None:
+        """The cluster's one HTTP entry point (strowger.cluster.gateway), if the plan has one."""
+        return self.url(self.plan.gateway) if self.plan.gateway else None
+
+    def every_process(self) -> list[ProcessSpec]:
+        """The components' processes and the gateway's."""
+        return [*self.plan.processes, *([self.plan.gateway] if self.plan.gateway else [])]
+
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def up(self, timeout: float = READY_TIMEOUT) -> None:
@@ -98,7 +108,7 @@ class Cluster:
         if self.plan.split_database:
             await self._provision()
         first = [spec for spec in self.plan.processes if spec.component == FIRST]
-        rest = [spec for spec in self.plan.processes if spec.component != FIRST]
+        rest = [spec for spec in self.every_process() if spec.component != FIRST]  # and the gateway
         deadline = time.monotonic() + timeout
         for group in (first, rest):
             for spec in group:
@@ -155,6 +165,8 @@ class Cluster:
         spec = self.plan.process(name)
         log = (self.root / f"{name}.log").open("ab")
         command = [sys.executable, "-m", "strowger.cli", "run", spec.component, "--port", str(spec.port)]
+        if spec.component == GATEWAY:
+            command = [sys.executable, "-m", "strowger.cli", "cluster", "gateway", "--dir", "."]
         child = subprocess.Popen(
             command,
             cwd=self.root,
@@ -201,7 +213,7 @@ class Cluster:
 
     async def stop(self, names: list[str] | None = None, timeout: float = STOP_TIMEOUT) -> list[str]:
         """SIGTERM (uvicorn drains, the platform stops its consumers), then SIGKILL; the killed names."""
-        names = names if names is not None else [spec.name for spec in self.plan.processes]
+        names = names if names is not None else [spec.name for spec in self.every_process()]
         for name in names:
             self.kill(name, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -270,7 +282,7 @@ class Cluster:
     async def status(self) -> list[ProcessStatus]:
         async with httpx.AsyncClient(timeout=2.0) as client:
             rows = []
-            for spec in self.plan.processes:
+            for spec in self.every_process():
                 alive = self.alive(spec.name)
                 ready = alive and await self._ready(client, spec)
                 rows.append(

@@ -83,6 +83,24 @@ def up(
 
 
 @cluster_app.command()
+def gateway(root: RootOption = DEFAULT_ROOT) -> None:
+    """Serve the cluster's one HTTP entry point (started by `cluster up`): each path to its component."""
+    import uvicorn
+
+    from strowger.cluster.gateway import create_gateway
+
+    plan = _load(root).plan
+    if plan.gateway is None:
+        console.print("this cluster's plan has no gateway")
+        raise typer.Exit(1)
+    instances: dict[str, list[str]] = {}
+    for spec in plan.processes:
+        instances.setdefault(spec.component, []).append(f"http://127.0.0.1:{spec.port}")
+    app = create_gateway(instances)
+    uvicorn.run(app, host="127.0.0.1", port=plan.gateway.port, log_level="warning", access_log=False)
+
+
+@cluster_app.command()
 def status(
     root: RootOption = DEFAULT_ROOT,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document")] = False,
@@ -91,7 +109,7 @@ def status(
     cluster = _load(root)
     if as_json:
         rows = asyncio.run(cluster.status())
-        typer.echo(orjson.dumps(_json(rows)).decode())
+        typer.echo(orjson.dumps(_json(rows, cluster.gateway_url)).decode())
         return
     _print_status(cluster)
 
@@ -105,7 +123,7 @@ def down(
     """Stop every process (SIGTERM, drain, then SIGKILL) and drop the cluster's schema and topics."""
     cluster = _load(root)
     killed = asyncio.run(cluster.down(timeout, drop=not keep_data))
-    stopped = len(cluster.plan.processes)
+    stopped = len(cluster.every_process())
     console.print(f"stopped {stopped} processes" + (f"; SIGKILLed {', '.join(killed)}" if killed else ""))
 
 
@@ -172,8 +190,8 @@ def _load(root: Path) -> Cluster:
         raise typer.Exit(1) from None
 
 
-def _json(rows: list[ProcessStatus]) -> dict[str, object]:
-    return {"processes": [asdict(row) for row in rows]}
+def _json(rows: list[ProcessStatus], gateway_url: str | None) -> dict[str, object]:
+    return {"processes": [asdict(row) for row in rows], "gateway": gateway_url}
 
 
 def _print_status(cluster: Cluster) -> None:
@@ -193,6 +211,8 @@ def _print_status(cluster: Cluster) -> None:
     console.print(table)
     summary = state_summary(rows)
     console.print(f"{summary['ready']}/{summary['processes']} ready", highlight=False)
+    if cluster.gateway_url:
+        console.print(f"entry point (gateway): [bold]{cluster.gateway_url}[/]", highlight=False)
 
 
 if __name__ == "__main__":
