@@ -122,3 +122,10 @@ def test_a_missing_event_fails() -> None:
 
     assert verdict.ok is False
     assert "finished: 1 orders never delivered, e.g. o2" in verdict.detail
+
+
+def test_the_settle_budget_grows_with_the_orders() -> None:
+    from strowger.chaos.runner import settle_budget
+
+    assert settle_budget(20) == 300.0  # the CI size keeps its budget
+    assert settle_budget(2000) == 1000.0  # the full size: about 4 orders/s on 2 cores, with margin
