@@ -34,6 +34,7 @@ from strowger.cluster.provision import ProvisionError, deprovision, provision, r
 
 STATE_FILE = "cluster.json"
 READY_TIMEOUT = 300.0  # seconds: 20 Python processes importing the platform on 2 cores
+PROBE_TIMEOUT = 5.0  # seconds for one /ready answer: a process catching up on 2 cores is slow, not down
 STOP_TIMEOUT = 20.0  # seconds between SIGTERM (drain) and SIGKILL
 RESTART_BACKOFF = (1.0, 2.0, 4.0, 8.0, *([10.0] * 60))  # pauses between starts of a crash-looping process
 
@@ -260,7 +261,7 @@ class Cluster:
         """Until every named process answers /ready 200, or ClusterError naming the laggards."""
         deadline = time.monotonic() + timeout
         pending = set(names)
-        async with httpx.AsyncClient(timeout=2.0) as client:
+        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT) as client:
             while pending:
                 for name in sorted(pending):
                     if not self.alive(name):
@@ -280,7 +281,7 @@ class Cluster:
         return response.status_code == 200
 
     async def status(self) -> list[ProcessStatus]:
-        async with httpx.AsyncClient(timeout=2.0) as client:
+        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT) as client:
             rows = []
             for spec in self.every_process():
                 alive = self.alive(spec.name)
