@@ -187,6 +187,12 @@ class ChaosDriver(DemoDriver):
         await self._before_settle()
         deadline = time.monotonic() + SETTLE_TIMEOUT
         while True:
+            # an order still open when the driver stopped waiting may complete meanwhile; read its
+            # state again each round, or its new charges and notifications count against an old state
+            still_open = [order for order in result.orders if order.id and not order.terminal]
+            await self._refresh_states(still_open)
+            if still_open:
+                result.quarantined = await self._quarantined()
             try:
                 result.invariants = await self._invariants(result, baseline)
                 result.invariants += await self._checks(result.orders)
