@@ -68,6 +68,26 @@ class DatabaseContract:
         rows = await database.fetchall("SELECT body FROM notes")
         assert rows == [("kept",)]
 
+    async def test_savepoint_scope_undoes_only_its_statements_and_reraises(self, database: Database) -> None:
+        await database.create_tables(NOTES)
+        async with database.transaction() as tx:
+            async with tx.savepoint("kept_scope"):
+                await tx.execute("INSERT INTO notes (body) VALUES (?)", ("kept",))
+            with pytest.raises(LookupError):
+                async with tx.savepoint("failed_scope"):
+                    await tx.execute("INSERT INTO notes (body) VALUES (?)", ("undone",))
+                    raise LookupError("the handler failed")
+            # the transaction is still usable after the failed scope: a failure can be recorded
+            await tx.execute("INSERT INTO notes (body) VALUES (?)", ("after",))
+        rows = await database.fetchall("SELECT body FROM notes ORDER BY id")
+        assert rows == [("kept",), ("after",)]
+
+    async def test_a_savepoint_name_must_be_an_identifier(self, database: Database) -> None:
+        async with database.transaction() as tx:
+            with pytest.raises(ValueError, match="not a savepoint name"):
+                async with tx.savepoint("x; DROP TABLE notes"):
+                    pass
+
     async def test_create_tables_is_idempotent(self, database: Database) -> None:
         await database.create_tables(NOTES)
         await database.create_tables(NOTES)

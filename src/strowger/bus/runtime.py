@@ -638,19 +638,16 @@ class ConsumerRunner:
 
     async def _apply(self, tx: Transaction, envelope: Envelope, delivery: Delivery) -> BaseException | None:
         """Run the handler inside a savepoint; returns its error (its effects undone) or None."""
-        await tx.execute("SAVEPOINT strowger_handler")
         try:
-            if await self._inbox.record(tx, self.name, envelope.event_id):
-                uow = self._uow(tx, delivery, (delivery,))
-                await self._run_handler(envelope, uow, delivery.message.topic)
-                self.stats.applied += 1
-            else:
-                self.stats.duplicates += 1
+            async with tx.savepoint("strowger_handler"):
+                if await self._inbox.record(tx, self.name, envelope.event_id):
+                    uow = self._uow(tx, delivery, (delivery,))
+                    await self._run_handler(envelope, uow, delivery.message.topic)
+                    self.stats.applied += 1
+                else:
+                    self.stats.duplicates += 1
         except Exception as error:
-            await tx.execute("ROLLBACK TO SAVEPOINT strowger_handler")
-            await tx.execute("RELEASE SAVEPOINT strowger_handler")
             return error
-        await tx.execute("RELEASE SAVEPOINT strowger_handler")
         return None
 
     # The retry path ------------------------------------------------------------------------

@@ -9,8 +9,9 @@ differs between SQLite and PostgreSQL is given per backend in a :class:`TableSet
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager
+import re
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from strowger.settings import DatabaseKind, database_kind
 
 Row = tuple[Any, ...]
 Params = Sequence[Any]
+_SAVEPOINT_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,21 @@ class Transaction(abc.ABC):
     @abc.abstractmethod
     def on_commit(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` after this transaction has committed (never if it rolls back)."""
+
+    @asynccontextmanager
+    async def savepoint(self, name: str) -> AsyncIterator[None]:
+        """A nested scope: an exception raised inside undoes only the statements run inside, then
+        propagates; the transaction stays usable (to record the failure, for instance)."""
+        if not _SAVEPOINT_NAME.fullmatch(name):  # SQL identifiers cannot be parameters
+            raise ValueError(f"not a savepoint name: {name!r}")
+        await self.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except Exception:
+            await self.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            await self.execute(f"RELEASE SAVEPOINT {name}")
+            raise
+        await self.execute(f"RELEASE SAVEPOINT {name}")
 
 
 class Database(abc.ABC):

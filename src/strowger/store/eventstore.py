@@ -258,8 +258,6 @@ SELECT_EVENTS = (
 READ_STREAM = SELECT_EVENTS + "WHERE stream_id = ? AND version > ? AND version <= ? ORDER BY version"
 HISTORY = SELECT_EVENTS + "WHERE stream_id = ? ORDER BY version"
 READ_ALL = SELECT_EVENTS + "WHERE position > ? ORDER BY position LIMIT ?"
-# Streams per point-in-time query: few enough placeholders for any SQLite build.
-STREAMS_PER_QUERY = 500
 
 
 class SqlEventStore(EventStore):
@@ -358,27 +356,6 @@ class SqlEventStore(EventStore):
 
     async def read_all(self, after_position: int = 0, limit: int = 500) -> list[StoredEvent]:
         rows = await self.database.fetchall(READ_ALL, (self._int(after_position), self._int(limit)))
-        return [self._event(row, upcast=True) for row in rows]
-
-    async def read_streams(self, stream_ids: Sequence[str], *, recorded_until: datetime) -> list[StoredEvent]:
-        """Upcast events of ``stream_ids`` recorded at or before ``recorded_until``, in global order.
-
-        The point-in-time read of a handful of streams: one query per
-        ``STREAMS_PER_QUERY`` streams (each served by the (stream_id, version) key),
-        all in one snapshot, merged by position.
-        """
-        unique = sorted(set(stream_ids))
-        until = self._dump_time(_aware(recorded_until))
-        rows: list[Row] = []
-        async with self.reading() as reader:
-            for start in range(0, len(unique), STREAMS_PER_QUERY):
-                chunk = unique[start : start + STREAMS_PER_QUERY]
-                marks = ", ".join("?" * len(chunk))
-                rows += await reader.fetchall(
-                    SELECT_EVENTS + f"WHERE stream_id IN ({marks}) AND recorded_at <= ?",
-                    (*chunk, until),
-                )
-        rows.sort(key=lambda row: row[2])  # position
         return [self._event(row, upcast=True) for row in rows]
 
     async def stream_version(self, stream_id: str, *, tx: Transaction | None = None) -> int:

@@ -126,16 +126,15 @@ class InventoryCommands:
         ledger = await _ledger(tx, request.request_id)
         if ledger is not None:
             return _replay(command, ledger, request.request_id)
-        await tx.execute(f"SAVEPOINT {_SAVEPOINT}")
         try:
-            services = [await self.services.upsert(tx, _service(request, s)) for s in request.services]
-            resources = [await self.resources.upsert(tx, _resource(request, r)) for r in request.resources]
+            async with tx.savepoint(_SAVEPOINT):
+                services = [await self.services.upsert(tx, _service(request, s)) for s in request.services]
+                resources = [
+                    await self.resources.upsert(tx, _resource(request, one)) for one in request.resources
+                ]
         except (InvalidStateTransition, SchemaViolation) as error:
-            await tx.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
-            await tx.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
             payload = {"requestId": request.request_id, **failure(str(error), permanent=True)}
             return command.caused(RECORD_INVENTORY.failed, payload)
-        await tx.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
         payload = {
             "requestId": request.request_id,
             "services": [{"id": s["id"], "state": s.get("state")} for s in services],
@@ -160,16 +159,13 @@ class InventoryCommands:
             )
             await _write_ledger(tx, record_request, REMOVED, [], [], tombstone)
         else:
-            await tx.execute(f"SAVEPOINT {_SAVEPOINT}")
             try:
-                services = await self._terminate(tx, ledger["services"])
-                resources = await self._make_available(tx, ledger["resources"])
+                async with tx.savepoint(_SAVEPOINT):
+                    services = await self._terminate(tx, ledger["services"])
+                    resources = await self._make_available(tx, ledger["resources"])
             except (InvalidStateTransition, SchemaViolation) as error:
-                await tx.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
-                await tx.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
                 payload = {"requestId": request_id, **failure(str(error), permanent=True)}
                 return command.caused(REMOVE_INVENTORY.failed, payload)
-            await tx.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
             await _mark_removed(tx, record_request)
         payload = {
             "requestId": request_id,
@@ -189,19 +185,16 @@ class InventoryCommands:
             ids = _service_ids(command.payload.get("services"))
         except MalformedCommand as error:
             return command.caused(TERMINATE_SERVICES.failed, failure(str(error), permanent=True))
-        await tx.execute(f"SAVEPOINT {_SAVEPOINT}")
+        terminated = []
         try:
-            terminated = []
-            for service_id in ids:
-                if await self._is_active(tx, service_id):
-                    changes = {"state": "terminated", "endDate": format_time(utcnow())}
-                    terminated.append(await self.services.update(tx, service_id, changes))
+            async with tx.savepoint(_SAVEPOINT):
+                for service_id in ids:
+                    if await self._is_active(tx, service_id):
+                        changes = {"state": "terminated", "endDate": format_time(utcnow())}
+                        terminated.append(await self.services.update(tx, service_id, changes))
         except (InvalidStateTransition, SchemaViolation) as error:
-            await tx.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
-            await tx.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
             payload = {"requestId": request_id, **failure(str(error), permanent=True)}
             return command.caused(TERMINATE_SERVICES.failed, payload)
-        await tx.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
         payload = {
             "requestId": request_id,
             "sagaId": command.payload.get("sagaId"),

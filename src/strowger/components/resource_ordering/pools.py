@@ -284,18 +284,15 @@ class ResourcePools:
         raise PoolExhausted(", ".join(pool.name for pool in candidates))
 
     async def _claim(self, tx: Transaction, pool: str, holder: str, request_id: str) -> int:
-        await tx.execute("SAVEPOINT resource_pool_claim")
         try:
-            row = await tx.fetchone(_CLAIMS[self._database.kind], (holder, request_id, pool, pool))
+            async with tx.savepoint("resource_pool_claim"):
+                row = await tx.fetchone(_CLAIMS[self._database.kind], (holder, request_id, pool, pool))
         except _UNIQUE_VIOLATIONS:
             # A concurrent transaction claimed a value for the same request id and committed first.
-            await tx.execute("ROLLBACK TO SAVEPOINT resource_pool_claim")
-            await tx.execute("RELEASE SAVEPOINT resource_pool_claim")
             winner = await _ordinal_of(tx, pool, request_id)
             if winner is None:
                 raise
             return winner
-        await tx.execute("RELEASE SAVEPOINT resource_pool_claim")
         if row is not None:
             return int(row[0])
         if await _has_free_slot(tx, pool):

@@ -135,15 +135,12 @@ class ResourceOrdering:
         if recorded is not None:  # a redelivery or a retry of the saga: answer what was done
             return _allocation_reply(command, request_id, recorded)
         order = _new_allocation_order(order_id, command, resources)
-        await tx.execute(f"SAVEPOINT {_SAVEPOINT}")
         try:
-            allocated = [await self._claim(tx, order_id, request_id, resource) for resource in resources]
+            async with tx.savepoint(_SAVEPOINT):  # no half-allocated order
+                allocated = [await self._claim(tx, order_id, request_id, resource) for resource in resources]
         except (PoolExhausted, UnknownPool) as error:
-            await tx.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")  # no half-allocated order
-            await tx.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
             order = _finished(order, State.FAILED, ItemState.FAILED, {}, str(error))
         else:
-            await tx.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
             by_ref = {item.ref: item for item in allocated if item is not None}
             order = _finished(order, State.COMPLETED, ItemState.COMPLETED, by_ref, None)
         return _allocation_reply(command, request_id, await self.orders.upsert(tx, order))
