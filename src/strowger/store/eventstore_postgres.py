@@ -36,7 +36,7 @@ from psycopg.types.numeric import Int4, Int8
 from strowger.errors import ConcurrencyConflict
 from strowger.store.db import Params, TableSet, Transaction
 from strowger.store.eventstore import NewEvent, SqlEventStore
-from strowger.store.postgres import BinaryArray
+from strowger.store.postgres import ByteaArray, Int4Array, TextArray
 
 TABLES = TableSet(
     name="eventstore",
@@ -164,12 +164,12 @@ def _params(stream_id: str, expected_version: int, events: Sequence[NewEvent], a
         expected,
         count,
         at,
-        BinaryArray(event.event_id for event in events),
-        BinaryArray(event.event_type for event in events),
-        BinaryArray(Int4(event.schema_version) for event in events),
-        BinaryArray(event.correlation_id for event in events),
-        BinaryArray(event.causation_id for event in events),
-        BinaryArray(orjson.dumps(event.payload) for event in events),
+        TextArray(event.event_id for event in events),
+        TextArray(event.event_type for event in events),
+        Int4Array(event.schema_version for event in events),
+        TextArray(event.correlation_id for event in events),
+        TextArray(event.causation_id for event in events),
+        ByteaArray(orjson.dumps(event.payload) for event in events),
     )
 
 
