@@ -112,6 +112,9 @@ def report_table(run: ChaosRun) -> Table:
         faults = ", ".join(f"{k}: {v}" for k, v in result.injected.items()) or "none"
         outcomes = ", ".join(f"{k}: {v}" for k, v in result.outcomes.items())
         table.add_row(result.name, "faults injected / outcomes", "", f"{faults} / {outcomes}")
+        if result.failed_because:  # the three commonest reasons: a failure nobody can explain is a bug
+            reasons = "; ".join(f"{count}: {why}" for why, count in list(result.failed_because.items())[:3])
+            table.add_row("", "failed orders, by reason", "", reasons)
         for invariant in result.invariants:
             verdict = {True: "[green]PASS[/]", False: "[red]FAIL[/]", None: "n/a"}[invariant.ok]
             table.add_row("", invariant.name, verdict, invariant.detail)

@@ -9,6 +9,7 @@ rows) comes from an optional :class:`LocalProbe` on the platform's own database.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections import Counter
@@ -49,6 +50,7 @@ class OrderRecord:
     order_date: str = ""
     completion_date: str = ""
     error: str = ""  # why submission failed
+    reason: str = ""  # why it ended as it did: the order's last note (set for terminal orders)
 
     @property
     def terminal(self) -> bool:
@@ -88,6 +90,10 @@ class DemoResult:
     def rejected_submissions(self) -> int:
         return sum(1 for order in self.orders if order.error)
 
+    def reasons(self, state: str) -> Counter[str]:
+        """Orders that ended in ``state``, per reason (ids and numbers masked, so alike ones add up)."""
+        return Counter(reason_class(order.reason) for order in self.orders if order.state == state)
+
     def durations_ms(self, state: str | None = None) -> list[float]:
         values = (order.duration_ms() for order in self.orders if state is None or order.state == state)
         return sorted(value for value in values if value is not None)
@@ -95,6 +101,22 @@ class DemoResult:
     @property
     def ok(self) -> bool:
         return all(invariant.ok is not False for invariant in self.invariants)
+
+
+_VARYING = re.compile(r"[0-9a-f]{8}-[0-9a-f-]{27}|[A-Z]+-[0-9a-f]{6,}[\w-]*|\d+(\.\d+)?")
+
+
+def reason_class(reason: str) -> str:
+    """``reason`` with what differs between orders masked (ids, numbers), cut to 120 characters."""
+    masked = _VARYING.sub("#", reason.strip()) or "(no reason recorded)"
+    return masked if len(masked) <= 120 else masked[:119] + "…"
+
+
+def last_note(document: Mapping[str, Any]) -> str:
+    """The text of an order's last note: COM writes the reason of a state change there (TMF622)."""
+    notes = document.get("note") or []
+    last = notes[-1] if isinstance(notes, list) and notes else {}
+    return str(last.get("text") or "") if isinstance(last, dict) else ""
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float | None:
@@ -117,18 +139,18 @@ class LocalProbe:
     async def allocated_slots(self) -> int:
         return await self._count("SELECT COUNT(*) FROM resource_pool_slot WHERE request_id IS NOT NULL")
 
-    async def order_states(self, terminal_ids: set[str]) -> dict[str, tuple[str, str]]:
-        """(state, completionDate) of every product order, from COM's own view (``product_order_view``).
+    async def order_states(self, terminal_ids: set[str]) -> dict[str, tuple[str, str, str]]:
+        """(state, completionDate, reason) of every product order, from COM's ``product_order_view``.
 
         That table is written in the order's own transaction, so it never lags the order
         (the HTTP list may be served by a projection a moment behind). Bodies are parsed only
         for orders that turned terminal since the last call.
         """
         rows = await self.database.fetchall("SELECT id, state FROM product_order_view")
-        states = {str(order_id): (str(state), "") for order_id, state in rows}
+        states = {str(order_id): (str(state), "", "") for order_id, state in rows}
         new = [
             order_id
-            for order_id, (state, _) in states.items()
+            for order_id, (state, _, _) in states.items()
             if state in TERMINAL and order_id not in terminal_ids
         ]
         for order_id in new:
@@ -137,7 +159,8 @@ class LocalProbe:
             )
             body = row[0] if row else {}
             document = orjson.loads(body) if isinstance(body, (str, bytes)) else body
-            states[order_id] = (states[order_id][0], str(document.get("completionDate") or ""))
+            completed = str(document.get("completionDate") or "")
+            states[order_id] = (states[order_id][0], completed, last_note(document))
         return states
 
     async def _count(self, sql: str) -> int:
@@ -158,6 +181,7 @@ class DemoDriver:
         seed: int | None = None,
         timeout: float = 300.0,
         pace: float | None = None,
+        max_open: int | None = None,
     ) -> None:
         self.client = client
         self.probe = probe
@@ -166,6 +190,9 @@ class DemoDriver:
         self.generator = OrderGenerator(mix, seed)
         self.timeout = timeout
         self.pace = pace  # orders per second, or None: as fast as ``concurrency`` allows
+        # at most this many orders submitted and not yet terminal: a load the platform keeps up
+        # with, rather than a backlog that outlasts the saga's step timeouts (None: no limit)
+        self.max_open = max_open
         self.category = f"demo-{uuid.uuid4().hex[:8]}"  # tells this run's orders from any other
 
     async def run(self, orders: int, failure_rate: float, progress: Progress | None = None) -> DemoResult:
@@ -203,6 +230,7 @@ class DemoDriver:
         for index in range(orders):
             if self.pace:  # open loop: each order leaves on schedule, whatever the previous ones do
                 await asyncio.sleep(max(0.0, started + index / self.pace - time.perf_counter()))
+            await self._room_for_one_more(result)
             body = self.generator.order()
             body["category"] = self.category
             record = OrderRecord(offering=body["productOrderItem"][0]["productOffering"]["id"])
@@ -210,6 +238,13 @@ class DemoDriver:
             tasks.append(asyncio.create_task(submit(record, body)))
         await asyncio.gather(*tasks)
         result.submit_seconds = time.perf_counter() - started
+
+    async def _room_for_one_more(self, result: DemoResult) -> None:
+        """Until fewer than ``max_open`` orders are open (``_wait_settled`` refreshes their states)."""
+        while True:
+            if not self.max_open or sum(not order.terminal for order in result.orders) < self.max_open:
+                return
+            await asyncio.sleep(POLL_INTERVAL)
 
     async def _submit(self, record: OrderRecord, body: dict[str, Any]) -> None:
         try:
@@ -258,16 +293,17 @@ class DemoDriver:
         for record in records:
             if record.terminal or record.id not in states:
                 continue
-            record.state, record.completion_date = states[record.id]
+            record.state, record.completion_date, record.reason = states[record.id]
 
     async def _refresh(self, records: list[OrderRecord]) -> None:
         by_id = {record.id: record for record in records}
-        params = {"category": self.category, "fields": "id,state,orderDate,completionDate,category"}
+        params = {"category": self.category, "fields": "id,state,orderDate,completionDate,category,note"}
         for order in await self._list_all(ORDERS, params):
             record = by_id.get(str(order.get("id")))
             if record and not record.terminal:  # a terminal state is final: never step back
                 record.state = str(order.get("state") or record.state)
                 record.completion_date = str(order.get("completionDate") or "")
+                record.reason = last_note(order) if record.terminal else ""
 
     async def _quarantined(self) -> int:
         response = await self.client.get(SAGAS, params={"status": "quarantined", "limit": PAGE})
