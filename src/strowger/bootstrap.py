@@ -24,7 +24,7 @@ from strowger.events.envelope import Envelope, encode
 from strowger.events.topics import ALL_TOPICS
 from strowger.events.validation import SchemaValidator
 from strowger.ops.metrics import Metrics
-from strowger.settings import Settings
+from strowger.settings import Settings, load_section
 from strowger.store.db import Database, TableSet, Transaction, open_database
 from strowger.store.outbox import Outbox, OutboxRelay
 
@@ -415,7 +415,7 @@ def _monitoring(platform: Platform) -> None:
         sagas=any(table.name.startswith("saga") for table in platform.tables),
         outbox_across_components=operations_across_components(platform.settings),
     )
-    engine = AlertEngine.from_settings(AlertSettings())
+    engine = AlertEngine.from_settings(load_section(AlertSettings))
     monitor = AlertMonitor(platform.database, sampler, platform.sink("operations"), engine)
     platform.alerts = monitor
     platform.add_task("alert-monitor", lambda: run_monitor(monitor))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator
@@ -23,6 +23,7 @@ from pydantic_settings import (
 
 from strowger.errors import ConfigError
 
+SectionT = TypeVar("SectionT", bound=BaseSettings)
 DatabaseKind = Literal["sqlite", "postgresql"]
 BusKind = Literal["embedded", "kafka", "rabbitmq"]
 
@@ -160,15 +161,28 @@ class Settings(BaseSettings):
 
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment and strowger.toml; a bad value raises ConfigError naming it."""
+    return load_section(Settings, **overrides)
+
+
+def load_section(section: type[SectionT], **overrides: Any) -> SectionT:
+    """One settings class (``Settings``, or a component's with its own ``STROWGER_<NAME>_`` prefix).
+
+    A bad value raises ConfigError naming the variable, so every command reports it in one
+    line (``strowger: configuration error: …``) instead of a pydantic trace.
+    """
     try:
-        return Settings(**overrides)
+        return section(**overrides)
     except ConfigError:
         raise
     except ValidationError as exc:
-        error = exc.errors()[0]
-        field = ".".join(str(part) for part in error["loc"]) or "settings"
-        cause = error.get("ctx", {}).get("error")
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        setting = f"STROWGER_{field.upper()}"
-        raise ConfigError(setting, error["msg"].lower(), error.get("input")) from None
+        raise config_error(exc, str(section.model_config.get("env_prefix", ""))) from None
+
+
+def config_error(exc: ValidationError, prefix: str) -> ConfigError:
+    """The first error of ``exc`` as a ConfigError naming the environment variable."""
+    error = exc.errors()[0]
+    field = ".".join(str(part) for part in error["loc"]) or "settings"
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, ConfigError):
+        return cause
+    return ConfigError(f"{prefix}{field.upper()}", error["msg"].lower(), error.get("input"))

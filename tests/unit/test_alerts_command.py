@@ -32,4 +32,5 @@ def test_a_bad_threshold_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("STROWGER_ALERTS_COMPENSATION_RATE", "7")
     result = CliRunner().invoke(app, ["alerts", "rules"])
     assert result.exit_code == 2
-    assert "compensation_rate" in result.output and "less than 1" in result.output
+    assert "configuration error: STROWGER_ALERTS_COMPENSATION_RATE" in result.output
+    assert "less than" in result.output and "Traceback" not in result.output

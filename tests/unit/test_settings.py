@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from strowger.errors import ConfigError
-from strowger.settings import bus_kind, database_kind, load_settings, sqlite_path
+from strowger.settings import bus_kind, database_kind, load_section, load_settings, sqlite_path
 
 
 def test_defaults_are_the_embedded_platform(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -96,3 +96,48 @@ def test_an_unknown_component_names_the_choices() -> None:
     with pytest.raises(ConfigError, match="STROWGER_COMPONENT") as raised:
         load_settings(component="bilin")
     assert "billing" in str(raised.value)
+
+
+def test_a_component_section_names_its_own_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from strowger.components.activation.faults import ActivationSettings
+    from strowger.components.service_ordering.settings import FulfilmentSettings
+
+    monkeypatch.setenv("STROWGER_ACTIVATION_FAILURE_RATE", "7")
+    with pytest.raises(ConfigError, match=r"STROWGER_ACTIVATION_FAILURE_RATE: expected .*less than"):
+        load_section(ActivationSettings)
+    monkeypatch.setenv("STROWGER_FULFILMENT_STEP_TIMEOUT_SECONDS", "soon")
+    with pytest.raises(ConfigError, match="STROWGER_FULFILMENT_STEP_TIMEOUT_SECONDS"):
+        load_section(FulfilmentSettings)
+
+
+def test_fulfilment_settings_reach_the_saga_definition(monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import timedelta
+
+    from strowger.components.service_ordering.saga import ALLOCATE, FulfilmentTimings, fulfilment_saga
+    from strowger.components.service_ordering.settings import FulfilmentSettings
+
+    assert FulfilmentSettings().timings() == FulfilmentTimings()  # the defaults are the same
+    monkeypatch.setenv("STROWGER_FULFILMENT_STEP_TIMEOUT_SECONDS", "600")
+    monkeypatch.setenv("STROWGER_FULFILMENT_COMPENSATION_ATTEMPTS", "8")
+    saga = fulfilment_saga(load_section(FulfilmentSettings).timings())
+    allocate = next(step for step in saga.steps if step.name == ALLOCATE)
+    assert allocate.action.timeout == timedelta(seconds=600)
+    assert allocate.compensation is not None and allocate.compensation.retry.max_attempts == 8
+
+
+def test_a_bad_component_setting_stops_the_run_command_in_one_line() -> None:
+    import subprocess
+    import sys
+
+    env = {"PATH": "/usr/bin:/bin", "STROWGER_FULFILMENT_ACTION_ATTEMPTS": "0", "STROWGER_LOG_JSON": "false"}
+    done = subprocess.run(
+        [sys.executable, "-m", "strowger.cli", "run", "service-ordering", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "configuration error: STROWGER_FULFILMENT_ACTION_ATTEMPTS" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -17,14 +17,15 @@ def rules(
     ] = None,
 ) -> None:
     """Print the Prometheus alerting-rules file equivalent to the built-in rules (for ``rule_files:``)."""
-    from pydantic import ValidationError
-
+    from strowger.errors import ConfigError
     from strowger.ops.alerts import AlertSettings, prometheus_rules
+    from strowger.settings import load_section
 
     try:
-        settings = AlertSettings()
-    except ValidationError as error:  # a bad STROWGER_ALERTS_* value: say which, do not dump a trace
-        raise typer.BadParameter(str(error), param_hint="STROWGER_ALERTS_*") from error
+        settings = load_section(AlertSettings)
+    except ConfigError as exc:  # a bad STROWGER_ALERTS_* value: one line naming it, no trace
+        typer.echo(f"strowger: configuration error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
     text = prometheus_rules(settings)
     if out is None:
         typer.echo(text, nl=False)

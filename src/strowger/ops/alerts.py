@@ -40,6 +40,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from strowger.events.envelope import Category, Envelope, format_time, parse_time
 from strowger.events.topics import ALERT_EVENTS
+from strowger.settings import load_section
 from strowger.store.db import Database, TableSet, Transaction
 
 log = logging.getLogger("strowger.alerts")
@@ -721,7 +722,7 @@ def _yaml_string(text: str) -> str:
 
 def prometheus_rules(settings: AlertSettings | None = None) -> str:
     """A Prometheus alerting-rules file equivalent to the built-in rules (``rule_files:``)."""
-    settings = settings or AlertSettings()
+    settings = settings or load_section(AlertSettings)
     expressions = prometheus_expressions(settings)
     lines = ["groups:", "  - name: strowger", "    rules:"]
     for rule in default_rules(settings):

@@ -53,6 +53,7 @@ from strowger.components.activation.faults import (
 from strowger.components.contract import ACTIVATE_SERVICE, DEACTIVATE_SERVICE, SERVICE_EVENTS, failure
 from strowger.errors import PermanentError
 from strowger.events.envelope import Category, Envelope
+from strowger.settings import load_section
 from strowger.store.db import Database, TableSet, Transaction
 from strowger.tmf.resources import EventSink
 
@@ -140,7 +141,7 @@ class NetworkSimulator:
     ) -> None:
         self.database = database
         self.sink = event_sink
-        self.settings = settings or ActivationSettings()
+        self.settings = settings or load_section(ActivationSettings)
         self.rng = rng or random.Random()
         self.clock = clock
         self.poll_interval = poll_interval

@@ -8,6 +8,7 @@ from strowger.components.activation.api import activation_router
 from strowger.components.activation.consumers import activation_consumer
 from strowger.components.activation.faults import ActivationSettings
 from strowger.components.activation.simulator import ACTIVATION_TABLES, NetworkSimulator
+from strowger.settings import load_section
 
 if TYPE_CHECKING:
     from strowger.bootstrap import Platform
@@ -19,7 +20,7 @@ def install(platform: Platform, settings: ActivationSettings | None = None) -> N
     ``settings`` default to ``STROWGER_ACTIVATION_*`` from the environment.
     """
     simulator = NetworkSimulator(
-        platform.database, platform.sink("activation"), settings or ActivationSettings()
+        platform.database, platform.sink("activation"), settings or load_section(ActivationSettings)
     )
     platform.add_tables(ACTIVATION_TABLES)
     platform.add_consumer(activation_consumer(simulator))

@@ -41,7 +41,8 @@ Data = Mapping[str, Any]
 
 @dataclass(frozen=True, slots=True)
 class FulfilmentTimings:
-    """How long each command is awaited and how often it is sent (settings may override)."""
+    """How long each command is awaited and how often it is sent (``FulfilmentSettings`` builds one
+    from ``STROWGER_FULFILMENT_*``; these defaults are the same)."""
 
     timeout: timedelta = timedelta(seconds=30)
     action_retry: RetryPolicy = field(

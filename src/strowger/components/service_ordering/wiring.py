@@ -14,8 +14,10 @@ from strowger.components.service_ordering.consumers import (
 )
 from strowger.components.service_ordering.saga import FulfilmentTimings, fulfilment_saga
 from strowger.components.service_ordering.service import PRODUCER, VIEW_TABLES, ServiceOrdering
+from strowger.components.service_ordering.settings import FulfilmentSettings
 from strowger.ops.saga_metrics import SagaMetrics
 from strowger.saga import SAGA_TABLES, SagaEngine, SagaRegistry, SagaStore
+from strowger.settings import load_section
 from strowger.store.db import Transaction
 from strowger.store.eventstore import open_event_store
 from strowger.tmf.hubs import HUB_TABLES, CallbackGuard
@@ -35,7 +37,7 @@ def build_service_ordering(platform: Platform, timings: FulfilmentTimings | None
         return await read_catalog(tx, technical)
 
     sink = platform.sink(PRODUCER)
-    registry = SagaRegistry([fulfilment_saga(timings)])
+    registry = SagaRegistry([fulfilment_saga(timings or load_section(FulfilmentSettings).timings())])
     store = SagaStore(row_locks=database.kind == "postgresql")
     engine = SagaEngine(
         registry, sink, store=store, producer=PRODUCER, observer=SagaMetrics(platform.metrics)
