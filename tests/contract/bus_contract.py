@@ -120,6 +120,41 @@ class BusContract:
         assert not keys_first & keys_second
         assert keys_first and keys_second, "one member got everything: no scale-out"
 
+    async def test_a_member_joining_later_shares_each_topic_of_the_group(self, bus: Bus, topic: str) -> None:
+        # A component's consumer reads several topics, most of them quiet. An assignor that only
+        # balances partition COUNTS can hand the joiner every partition of the quiet topic and
+        # leave all the traffic on the first member: two instances, one doing the work.
+        quiet_topic = unique("contract-quiet")
+        await bus.ensure_topics(
+            [
+                Topic(
+                    quiet_topic, category=__import__("strowger").events.Category.DOMAIN, partitions=PARTITIONS
+                )
+            ]
+        )
+        group = unique("g")
+        first = bus.subscriber(group, [topic, quiet_topic])
+        await first.start()
+        await quiet(first, 0.5)  # the first member alone owns every partition
+        second = bus.subscriber(group, [topic, quiet_topic])
+        await second.start()
+        received: dict[str, list[Delivery]] = {"first": [], "second": []}
+        try:
+            await asyncio.sleep(0.5)  # let the group settle
+            await bus.publish([message(topic, f"order-{k}", 0) for k in range(40)])
+            deadline = asyncio.get_running_loop().time() + 30
+            while sum(map(len, received.values())) < 40:
+                assert asyncio.get_running_loop().time() < deadline, "group did not receive all messages"
+                for name, member in (("first", first), ("second", second)):
+                    batch = await member.fetch(max_messages=100, timeout=0.2)
+                    if batch:
+                        await member.commit(batch)
+                    received[name].extend(batch)
+        finally:
+            await first.stop()
+            await second.stop()
+        assert received["first"] and received["second"], "one member got all of the busy topic"
+
     async def test_uncommitted_deliveries_are_redelivered_to_the_group(self, bus: Bus, topic: str) -> None:
         group = unique("g")
         member = await self._member(bus, group, topic)

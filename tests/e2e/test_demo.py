@@ -46,6 +46,9 @@ def test_every_order_ends_terminal_and_the_failures_are_compensated(
     assert summary["duration_ms"]["p50"] is not None
     assert summary["duration_ms"]["p50"] <= summary["duration_ms"]["p99"]
     assert summary["events_published"] > ORDERS
+    # every failed order says why (the note COM writes), and the injected fault is the reason
+    assert sum(summary["failed_because"].values()) == summary["failed"]
+    assert "(no reason recorded)" not in summary["failed_because"]
 
 
 def test_the_invariants_hold_and_are_printed(

@@ -128,4 +128,4 @@ def test_the_settle_budget_grows_with_the_orders() -> None:
     from strowger.chaos.runner import settle_budget
 
     assert settle_budget(20) == 300.0  # the CI size keeps its budget
-    assert settle_budget(2000) == 1000.0  # the full size: about 4 orders/s on 2 cores, with margin
+    assert settle_budget(2000) == 2000.0  # the full size: ~1.6 orders/s on 2 cores under faults, with margin

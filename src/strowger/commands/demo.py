@@ -226,6 +226,7 @@ def summary_json(result: DemoResult) -> dict[str, object]:
         "orders": len(result.orders),
         "completed": result.count("completed"),
         "failed": result.count("failed"),
+        "failed_because": dict(result.reasons("failed").most_common()),
         "quarantined": result.quarantined,
         "refused": result.rejected_submissions,
         "step_failure_rate": round(result.step_failure_rate, 5),
@@ -259,6 +260,8 @@ def summary_table(result: DemoResult) -> Table:
     table.add_column("value", justify="right")
     table.add_row("completed", f"{result.count('completed')}")
     table.add_row("failed and compensated", f"{result.count('failed')}")
+    for reason, count in result.reasons("failed").most_common(3):  # why, the commonest first
+        table.add_row(f"  {count} failed:", reason)
     table.add_row("quarantined", f"{result.quarantined}")
     if result.rejected_submissions:
         table.add_row("refused at submission", f"{result.rejected_submissions}")

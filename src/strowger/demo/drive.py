@@ -38,6 +38,10 @@ POLL_INTERVAL = 0.25
 SETTLE_TIMEOUT = 20.0  # seconds for choreography (billing, pool releases) to catch up after the last order
 
 Progress = Callable[[int, int, int], None]  # (submitted, settled, total)
+# Errors raised before a request left: the order surely does not exist, submitting again is safe.
+SURELY_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+UNCONFIRMED = "not found after a lost answer: "  # sent, the answer lost, and no order has its externalId
+ANSWER_LOST_PAUSE = 1.0  # seconds before looking for an order whose answer was lost
 
 
 @dataclass
@@ -239,6 +243,21 @@ class DemoDriver:
         await asyncio.gather(*tasks)
         result.submit_seconds = time.perf_counter() - started
 
+    async def _adopt(self, record: OrderRecord, reference: str) -> bool:
+        """Whether an order with ``externalId == reference`` exists; if so ``record`` becomes it."""
+        await asyncio.sleep(ANSWER_LOST_PAUSE)  # a request still being handled commits meanwhile
+        params = {"externalId": reference, "fields": "id,state,orderDate,externalId"}
+        try:
+            response = await self.client.get(ORDERS, params=params)
+            found = response.json() if response.status_code == 200 else []
+        except (httpx.HTTPError, ValueError):
+            return False
+        if not found:
+            return False
+        created = found[0]
+        record.id, record.state, record.order_date = created["id"], created["state"], created["orderDate"]
+        return True
+
     async def _room_for_one_more(self, result: DemoResult) -> None:
         """Until fewer than ``max_open`` orders are open (``_wait_settled`` refreshes their states)."""
         while True:
@@ -247,10 +266,17 @@ class DemoDriver:
             await asyncio.sleep(POLL_INTERVAL)
 
     async def _submit(self, record: OrderRecord, body: dict[str, Any]) -> None:
+        # The client's own reference (TMF622 externalId): if the answer to the POST is lost, the
+        # order may exist all the same, and this is how a client finds it instead of guessing.
+        reference = body.setdefault("externalId", uuid.uuid4().hex)
         try:
             response = await self.client.post(ORDERS, json=body)
-        except httpx.HTTPError as error:
+        except SURELY_NOT_SENT as error:
             record.error = f"{type(error).__name__}: {error}"
+            return
+        except httpx.TransportError as error:  # sent, answer lost: accepted or not, nobody knows yet
+            if not await self._adopt(record, reference):
+                record.error = f"{UNCONFIRMED}{type(error).__name__}: {error}"
             return
         if response.status_code != 201:
             record.error = f"HTTP {response.status_code}: {response.text[:200]}"
