@@ -308,8 +308,13 @@ class ProductOrder(Aggregate):
         self._move_items({item: "rejected" for item in self.item_states()}, now)
         self._move(ProductOrderState.REJECTED, now, reason)
 
-    def record_fulfilment(self, item_ids: Sequence[str], outcome: str, now: datetime) -> None:
+    def record_fulfilment(
+        self, item_ids: Sequence[str], outcome: str, now: datetime, reason: str | None = None
+    ) -> None:
         """Fulfilment finished ``item_ids`` (all items if empty) with ``outcome`` (an item state).
+
+        ``reason`` (why fulfilment failed, from the service order) goes into a ``note`` when the
+        order itself turns ``failed``, as a rejection's does: the customer's order says why.
 
         A completed/failed outcome while a cancellation is being assessed refuses the
         cancellation first (it came too late); ``cancelled`` confirms it.
@@ -329,7 +334,7 @@ class ProductOrder(Aggregate):
         self._move_items(open_items, now)
         derived = ProductOrderState(order_state_from_items(self.item_states().values()))
         if derived is not self.state:
-            self._move(derived, now)
+            self._move(derived, now, reason if derived is ProductOrderState.FAILED else None)
 
     def request_cancellation(
         self, task_id: str, *, href: str, body: Mapping[str, Any], now: datetime

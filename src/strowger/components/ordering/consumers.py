@@ -73,7 +73,7 @@ def fulfilment_consumer(service: OrderingService) -> Consumer:
         order = await service.load(order_id, tx=uow.tx)
         if order.is_final:
             return
-        order.record_fulfilment(item_ids, outcome, service.clock())
+        order.record_fulfilment(item_ids, outcome, service.clock(), failure_reason(service_order))
         await service.commit(uow.tx, order, causation_id=envelope.event_id)
 
     return Consumer(
@@ -82,6 +82,17 @@ def fulfilment_consumer(service: OrderingService) -> Consumer:
         handler=on_service_order,
         event_types=frozenset({"ServiceOrderStateChangeEvent"}),
     )
+
+
+def failure_reason(service_order: Document) -> str | None:
+    """Why a service order failed: its TMF641 ``errorMessage`` (one, or the first of a list)."""
+    error = service_order.get("errorMessage")
+    if isinstance(error, list):
+        error = error[0] if error else None
+    if not isinstance(error, Mapping):
+        return None
+    reason = error.get("reason") or error.get("message")
+    return str(reason) if reason else None
 
 
 def product_order_reference(service_order: Document) -> tuple[str | None, list[str]]:
