@@ -15,6 +15,7 @@ from strowger.cluster.plan import deployment_plan
 from strowger.cluster.provision import role_of, schema_map, schema_of
 from strowger.commands.cluster import COMPONENT_URL
 from strowger.components.registry import COMPONENTS
+from strowger.components.service_ordering.settings import FulfilmentSettings
 from strowger.events.topics import ALL_TOPICS
 from strowger.security.settings import SecuritySettings
 from strowger.settings import Settings, bus_kind, database_kind
@@ -166,15 +167,20 @@ def test_the_configmap_holds_valid_settings(monkeypatch: pytest.MonkeyPatch) -> 
     (config,) = of_kind("ConfigMap")
     data: dict[str, str] = config["data"]
     security_fields = {f"STROWGER_SECURITY_{name.upper()}" for name in SecuritySettings.model_fields}
+    fulfilment_fields = {f"STROWGER_FULFILMENT_{name.upper()}" for name in FulfilmentSettings.model_fields}
     for key, value in data.items():
         if key.startswith("STROWGER_SECURITY_"):
             assert key in security_fields, key
+        elif key.startswith("STROWGER_FULFILMENT_"):
+            assert key in fulfilment_fields, key
+            monkeypatch.setenv(key, value)
         elif key.startswith("STROWGER_"):
             field = key.removeprefix("STROWGER_").lower()
             assert field in Settings.model_fields or field == "service_name", key
             if field in Settings.model_fields:
                 monkeypatch.setenv(key, value)  # as the pods receive them
     Settings()  # every value parses (ValidationError otherwise)
+    FulfilmentSettings()
 
 
 def test_the_secrets_are_templates_with_valid_url_shapes() -> None:
