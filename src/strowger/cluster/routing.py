@@ -14,6 +14,8 @@ import httpx
 from strowger.cluster.plan import ClusterPlan
 from strowger.components.registry import COMPONENTS
 
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})  # RFC 9110, 9.2.2
+
 
 class ClusterTransport(httpx.AsyncBaseTransport):
     """Route by API base path (from the component catalogue) to the plan's instances."""
@@ -23,8 +25,11 @@ class ClusterTransport(httpx.AsyncBaseTransport):
         plan: ClusterPlan,
         alive: Callable[[str], bool] | None = None,
         limits: httpx.Limits | None = None,  # the connection pool (a load test wants it wider)
+        inner: httpx.AsyncBaseTransport | None = None,  # what sends the requests (tests pass a fake)
     ) -> None:
-        self._inner = httpx.AsyncHTTPTransport(limits=limits) if limits else httpx.AsyncHTTPTransport()
+        if inner is None:
+            inner = httpx.AsyncHTTPTransport(limits=limits) if limits else httpx.AsyncHTTPTransport()
+        self._inner = inner
         self._alive = alive or (lambda name: True)
         self._routes = sorted(
             ((api, component.name) for component in COMPONENTS for api in component.http_apis),
@@ -53,8 +58,14 @@ class ClusterTransport(httpx.AsyncBaseTransport):
             request.url = request.url.copy_with(scheme="http", host="127.0.0.1", port=port)
             try:
                 return await self._inner.handle_async_request(request)
-            except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
-                error = exc  # killed or restarting: the next instance answers
+            except httpx.ConnectError as exc:
+                error = exc  # killed or restarting, the request never reached it: the next one answers
+            except httpx.RemoteProtocolError as exc:
+                # It went down while holding the request: it may have acted on it. Only a request
+                # that may safely run twice is sent again; a POST's caller must find out (externalId).
+                if request.method not in IDEMPOTENT_METHODS:
+                    raise
+                error = exc
         assert error is not None
         raise error
 
