@@ -78,16 +78,25 @@ TABLES = TableSet(
     ],
 )
 
-APPEND = """
+# Both appends start here: reserve N positions, only if the stream is at the expected version
+# (parameters: N, expected, stream id, expected).
+_RESERVE = """
 WITH reserved AS (
     UPDATE strowger_event_sequence SET last_position = last_position + ?::bigint
     WHERE id = 1
       AND (?::bigint = 0 OR EXISTS (
           SELECT 1 FROM strowger_events WHERE stream_id = ? AND version = ?::bigint))
     RETURNING last_position
-)
+)"""
+
+_INSERT = """
 INSERT INTO strowger_events (stream_id, version, position, event_id, event_type, schema_version,
-                             recorded_at, correlation_id, causation_id, payload)
+                             recorded_at, correlation_id, causation_id, payload)"""
+
+APPEND = (
+    _RESERVE
+    + _INSERT
+    + """
 SELECT ?, ?::bigint + e.ord, reserved.last_position - ?::bigint + e.ord, e.event_id, e.event_type,
        e.schema_version, ?, e.correlation_id, e.causation_id, e.payload
 FROM reserved,
@@ -96,21 +105,17 @@ FROM reserved,
          AS e(event_id, event_type, schema_version, correlation_id, causation_id, payload, ord)
 RETURNING position
 """
-
-APPEND_ONE = """
-WITH reserved AS (
-    UPDATE strowger_event_sequence SET last_position = last_position + 1
-    WHERE id = 1
-      AND (?::bigint = 0 OR EXISTS (
-          SELECT 1 FROM strowger_events WHERE stream_id = ? AND version = ?::bigint))
-    RETURNING last_position
 )
-INSERT INTO strowger_events (stream_id, version, position, event_id, event_type, schema_version,
-                             recorded_at, correlation_id, causation_id, payload)
+
+APPEND_ONE = (
+    _RESERVE
+    + _INSERT
+    + """
 SELECT ?, ?::bigint + 1, reserved.last_position, ?, ?, ?::int, ?, ?, ?, ?
 FROM reserved
 RETURNING position
 """
+)
 
 
 class PostgresEventStore(SqlEventStore):
@@ -173,10 +178,14 @@ def _params(stream_id: str, expected_version: int, events: Sequence[NewEvent], a
     )
 
 
+ONE = Int8(1)
+
+
 def _one_event_params(stream_id: str, expected_version: int, event: NewEvent, at: datetime) -> Params:
     """APPEND_ONE's parameters."""
     expected = Int8(expected_version)
     return (
+        ONE,
         expected,
         stream_id,
         expected,
