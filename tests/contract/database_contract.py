@@ -28,6 +28,35 @@ class DatabaseContract:
         rows = await database.fetchall("SELECT body FROM notes ORDER BY id")
         assert [row[0] for row in rows] == ["first", "second", "third"]
 
+    async def test_a_large_batch_insert_keeps_the_rows_order_and_values(self, database: Database) -> None:
+        # 1,000 rows: PostgreSQL sends them as multi-row INSERTs of 256, 256, 256, 128, 64, 32, 8.
+        await database.create_tables(NOTES)
+        bodies = [f"note {n} 100% {'?' if n % 7 == 0 else ''}" for n in range(1000)]
+        async with database.transaction() as tx:
+            await tx.executemany("INSERT INTO notes (body) VALUES (?)", [(body,) for body in bodies])
+        rows = await database.fetchall("SELECT body FROM notes ORDER BY id")
+        assert [row[0] for row in rows] == bodies  # serial ids follow the rows' order
+
+    async def test_a_batch_insert_ignoring_conflicts_skips_duplicates_even_within_the_batch(
+        self, database: Database
+    ) -> None:
+        await database.create_tables(NOTES)
+        async with database.transaction() as tx:
+            await tx.execute("INSERT INTO notes (body) VALUES (?)", ("old",))
+            await tx.executemany(
+                "INSERT INTO notes (body) VALUES (?) ON CONFLICT (body) DO NOTHING",
+                [("old",), ("a",), ("b",), ("a",), ("c",)],
+            )
+        rows = await database.fetchall("SELECT body FROM notes ORDER BY id")
+        assert [row[0] for row in rows] == ["old", "a", "b", "c"]
+
+    async def test_a_batch_insert_with_a_duplicate_fails_as_a_whole(self, database: Database) -> None:
+        await database.create_tables(NOTES)
+        with pytest.raises(Exception):  # noqa: B017 (each driver raises its own IntegrityError)
+            async with database.transaction() as tx:
+                await tx.executemany("INSERT INTO notes (body) VALUES (?)", [("x",), ("y",), ("x",)])
+        assert await database.fetchone("SELECT COUNT(*) FROM notes") == (0,)
+
     async def test_an_exception_rolls_the_whole_transaction_back(self, database: Database) -> None:
         await database.create_tables(NOTES)
         with pytest.raises(RuntimeError):

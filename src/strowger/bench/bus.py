@@ -688,6 +688,7 @@ async def bus_bench(backend: str, events: int, db: str, progress: Progress | Non
         topic = await _new_topic(bus, topics, "pipeline")
         await _strowger_pipeline(database, bus, topic, events, report, figures)
         await _strowger_relay(database, bus, await _new_topic(bus, topics, "relay"), events, report, figures)
+        floor = await _floors(backend, db, database, bus, topics, topic, events, report)
         report(f"peer on {backend}", 0.8)
         if backend == "embedded":
             peer = await _embedded_peer(database, topic, events)
@@ -696,10 +697,54 @@ async def bus_bench(backend: str, events: int, db: str, progress: Progress | Non
         else:
             peer = await _rabbitmq_peer(events, figures.message_bytes, report)
     report("done", 1.0)
-    return _result(backend, db, events, figures, peer)
+    return _result(backend, db, events, figures, peer, floor)
 
 
-def _result(backend: str, db: str, events: int, ours: StrowgerFigures, peer: PeerFigures) -> dict[str, Any]:
+async def _floors(
+    backend: str,
+    db: str,
+    database: Database,
+    bus: Bus,
+    topics: list[str],
+    pipeline_topic: str,
+    events: int,
+    progress: Progress,
+) -> dict[str, Any]:
+    """The hand-written floors (:mod:`strowger.bench.floors`), where written: Kafka + PostgreSQL."""
+    if backend != "kafka" or not isinstance(database, PostgresDatabase) or database.schema is None:
+        return {"missing": "hand-written floors exist for --backend kafka --db postgres only"}
+    from strowger.bench.floors import kafka_consume_floor, kafka_relay_floor
+    from strowger.bus.kafka import bootstrap_servers
+
+    servers, schema = bootstrap_servers(service_url("kafka")), database.schema
+    progress("floor: hand-written consume loop", 0.72)
+    consume = await asyncio.to_thread(
+        kafka_consume_floor, servers, pipeline_topic, database.url, schema, events
+    )
+    relay_topic = await _new_topic(bus, topics, "floor")
+    outbox = Outbox()
+    for first in range(0, events, PUBLISH_BATCH):
+        async with database.transaction() as tx:
+            await outbox.add(tx, _messages(relay_topic, first, min(PUBLISH_BATCH, events - first)))
+    await _analyze_outbox(database)
+    progress("floor: hand-written relay", 0.76)
+    relay = await asyncio.to_thread(kafka_relay_floor, servers, database.url, schema, relay_topic, events)
+    return {
+        "consume_per_s": round(consume.per_second, 1),
+        "relay_per_s": round(relay.per_second, 1),
+        "consume_client": consume.what,
+        "relay_client": relay.what,
+    }
+
+
+def _result(
+    backend: str,
+    db: str,
+    events: int,
+    ours: StrowgerFigures,
+    peer: PeerFigures,
+    floor: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     ratio = None if not peer.consume_per_s else round(ours.consume_per_s / peer.consume_per_s, 3)
     each = ours.consume_per_event_handler_per_s
     ratio_each = None if not peer.consume_per_s else round(each / peer.consume_per_s, 3)
@@ -727,11 +772,29 @@ def _result(backend: str, db: str, events: int, ours: StrowgerFigures, peer: Pee
         "relay_paced_rate": RELAY_PACED_RATE,
         "strowger": strowger,
         "peer": peer_figures,
-        "ratio": {"consume": ratio, "consume_per_event_handler": ratio_each},
+        "ratio": {
+            "consume": ratio,
+            "consume_per_event_handler": ratio_each,
+            **_floor_ratios(ours, peer, floor),
+        },
+        "floor": floor or {"missing": "not measured"},
         "targets": targets,
         "meets": meets,
         "machine": {**machine_info(), "load_average": list(os.getloadavg())},
     }
+
+
+def _floor_ratios(ours: StrowgerFigures, peer: PeerFigures, floor: dict[str, Any] | None) -> dict[str, float]:
+    """Strowger against the hand-written floor, and the floor itself against the raw client."""
+    if not floor or "consume_per_s" not in floor:
+        return {}
+    ratios = {
+        "consume_to_floor": round(ours.consume_per_s / floor["consume_per_s"], 3),
+        "relay_to_floor": round(ours.relay_per_s / floor["relay_per_s"], 3),
+    }
+    if peer.consume_per_s:
+        ratios["floor_consume_to_peer"] = round(floor["consume_per_s"] / peer.consume_per_s, 3)
+    return ratios
 
 
 def run_bus_bench(backend: str, events: int, db: str, progress: Progress | None = None) -> dict[str, Any]:
@@ -798,4 +861,17 @@ def render_table(result: dict[str, Any]) -> Table:
         "",
         f"p99 < {TARGET_RELAY_P99_MS:.0f} ms {_verdict(meets['relay_latency_p99'])}",
     )
+    table.caption = _floor_caption(result)
     return table
+
+
+def _floor_caption(result: dict[str, Any]) -> str:
+    floor, ratio = result.get("floor") or {}, result["ratio"]
+    if "consume_per_s" not in floor:
+        return f"hand-written floor: {floor.get('missing', 'not measured')}"
+    return (
+        f"hand-written floor, same durable work without Strowger (bench/floors.py): consume "
+        f"{floor['consume_per_s']:,.0f}/s ({ratio.get('floor_consume_to_peer', 0):.1%} of the raw client; "
+        f"Strowger {ratio['consume_to_floor']:.0%} of it), relay {floor['relay_per_s']:,.0f}/s "
+        f"(Strowger {ratio['relay_to_floor']:.0%} of it)"
+    )

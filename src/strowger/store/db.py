@@ -18,6 +18,20 @@ from typing import Any
 from strowger.settings import DatabaseKind, database_kind
 
 Row = tuple[Any, ...]
+
+
+class TextArray(list[str | None]):
+    """A ``text[]`` parameter (None elements are NULLs); PostgreSQL gets it in binary, one dump per array."""
+
+
+class ByteaArray(list[bytes]):
+    """A ``bytea[]`` parameter (see :class:`TextArray`)."""
+
+
+class Int4Array(list[int]):
+    """An ``int4[]`` parameter (see :class:`TextArray`)."""
+
+
 Params = Sequence[Any]
 _SAVEPOINT_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 

@@ -34,7 +34,7 @@ import orjson
 
 from strowger.bus.port import Delivery
 from strowger.events.envelope import Message
-from strowger.store.db import Database, Params, Row, TableSet, Transaction
+from strowger.store.db import Database, Params, Row, TableSet, TextArray, Transaction
 
 log = logging.getLogger("strowger.deadletters")
 
@@ -232,9 +232,11 @@ class ParkingLot:
         """Which of ``entity_keys`` are blocked for ``consumer``: :meth:`blocked` for a batch, one query."""
         if not entity_keys:
             return set()
+        if postgresql:  # one array: one statement text whatever the batch's size (prepared once)
+            query = "SELECT entity_key FROM parked WHERE consumer = ? AND entity_key = ANY(?) FOR SHARE"
+            return {str(key) for (key,) in await tx.fetchall(query, (consumer, TextArray(entity_keys)))}
         marks = ", ".join("?" * len(entity_keys))
         query = f"SELECT entity_key FROM parked WHERE consumer = ? AND entity_key IN ({marks})"  # noqa: S608 (placeholders only)
-        query += " FOR SHARE" if postgresql else ""
         return {str(key) for (key,) in await tx.fetchall(query, (consumer, *entity_keys))}
 
     async def park(

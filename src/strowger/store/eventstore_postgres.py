@@ -34,9 +34,8 @@ import psycopg
 from psycopg.types.numeric import Int4, Int8
 
 from strowger.errors import ConcurrencyConflict
-from strowger.store.db import Params, TableSet, Transaction
+from strowger.store.db import ByteaArray, Int4Array, Params, TableSet, TextArray, Transaction
 from strowger.store.eventstore import NewEvent, SqlEventStore
-from strowger.store.postgres import ByteaArray, Int4Array, TextArray
 
 TABLES = TableSet(
     name="eventstore",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from strowger.store.db import TableSet, Transaction
+from strowger.store.db import TableSet, TextArray, Transaction
 
 INBOX_TABLES = TableSet(
     name="inbox",
@@ -60,7 +60,7 @@ class Inbox:
         if postgresql:
             rows = await tx.fetchall(
                 "SELECT event_id FROM inbox WHERE consumer = ? AND event_id = ANY(?)",
-                (consumer, list(event_ids)),
+                (consumer, TextArray(event_ids)),
             )
         else:
             marks = ", ".join("?" * len(event_ids))
@@ -89,7 +89,7 @@ class Inbox:
                 "INSERT INTO inbox (consumer, event_id, processed_at) "
                 "SELECT ?, ids.event_id, ? FROM unnest(?::text[]) WITH ORDINALITY AS ids (event_id, n) "
                 "ORDER BY ids.n ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id",
-                (consumer, at, ordered),
+                (consumer, at, TextArray(ordered)),
             )
         else:
             values = ", ".join("(?, ?, ?)" for _ in ordered)

@@ -298,13 +298,16 @@ def _spread(partitions: list[int], groups: int) -> list[list[int]]:
 #   is taken before the locks, so a row that the lock's previous holder marked and committed in
 #   between still looks unpublished in the subquery; the re-check (on the committed version)
 #   skips it, so a row is never taken twice and never before the rows published ahead of it.
+# * ``id = ANY(ARRAY(…))``: the chosen ids are looked up by primary key. With ``id IN (…)`` the
+#   planner joined them by hashing a sequential scan of the whole outbox (EXPLAIN ANALYZE, 1,000
+#   rows out of 20,000 waiting: 30–53 ms a batch, against 19–39 ms now).
 _TAKE_BATCH = (
     "WITH claimed AS MATERIALIZED ("
     "SELECT p FROM unnest(?::int[]) AS p "
     "WHERE pg_try_advisory_xact_lock(hashtext(? || current_schema()), p)) "
-    "UPDATE outbox SET published_at = ? WHERE published_at IS NULL AND id IN ("
+    "UPDATE outbox SET published_at = ? WHERE published_at IS NULL AND id = ANY(ARRAY("
     "SELECT id FROM outbox WHERE published_at IS NULL AND partition IN (SELECT p FROM claimed) "
-    "ORDER BY partition, id LIMIT ?) "
+    "ORDER BY partition, id LIMIT ?)) "
     "RETURNING id, topic, key, headers, value, partition"
 )
 
