@@ -710,9 +710,18 @@ async def _floors(
     events: int,
     progress: Progress,
 ) -> dict[str, Any]:
-    """The hand-written floors (:mod:`strowger.bench.floors`), where written: Kafka + PostgreSQL."""
+    """The hand-written floors (:mod:`strowger.bench.floors`), where written: Kafka + PostgreSQL
+    (consume and relay), the embedded log on SQLite (consume)."""
+    if backend == "embedded" and isinstance(database, SqliteDatabase):
+        from strowger.bench.floors import sqlite_log_consume_floor
+
+        progress("floor: hand-written consume loop", 0.72)
+        consume = await asyncio.to_thread(
+            sqlite_log_consume_floor, str(database.path), pipeline_topic, PARTITIONS, events
+        )
+        return {"consume_per_s": round(consume.per_second, 1), "consume_client": consume.what}
     if backend != "kafka" or not isinstance(database, PostgresDatabase) or database.schema is None:
-        return {"missing": "hand-written floors exist for --backend kafka --db postgres only"}
+        return {"missing": "hand-written floors exist for kafka + postgres and embedded + sqlite only"}
     from strowger.bench.floors import kafka_consume_floor, kafka_relay_floor
     from strowger.bus.kafka import bootstrap_servers
 
@@ -788,10 +797,9 @@ def _floor_ratios(ours: StrowgerFigures, peer: PeerFigures, floor: dict[str, Any
     """Strowger against the hand-written floor, and the floor itself against the raw client."""
     if not floor or "consume_per_s" not in floor:
         return {}
-    ratios = {
-        "consume_to_floor": round(ours.consume_per_s / floor["consume_per_s"], 3),
-        "relay_to_floor": round(ours.relay_per_s / floor["relay_per_s"], 3),
-    }
+    ratios = {"consume_to_floor": round(ours.consume_per_s / floor["consume_per_s"], 3)}
+    if "relay_per_s" in floor:
+        ratios["relay_to_floor"] = round(ours.relay_per_s / floor["relay_per_s"], 3)
     if peer.consume_per_s:
         ratios["floor_consume_to_peer"] = round(floor["consume_per_s"] / peer.consume_per_s, 3)
     return ratios
@@ -869,9 +877,11 @@ def _floor_caption(result: dict[str, Any]) -> str:
     floor, ratio = result.get("floor") or {}, result["ratio"]
     if "consume_per_s" not in floor:
         return f"hand-written floor: {floor.get('missing', 'not measured')}"
-    return (
+    text = (
         f"hand-written floor, same durable work without Strowger (bench/floors.py): consume "
-        f"{floor['consume_per_s']:,.0f}/s ({ratio.get('floor_consume_to_peer', 0):.1%} of the raw client; "
-        f"Strowger {ratio['consume_to_floor']:.0%} of it), relay {floor['relay_per_s']:,.0f}/s "
-        f"(Strowger {ratio['relay_to_floor']:.0%} of it)"
+        f"{floor['consume_per_s']:,.0f}/s ({ratio.get('floor_consume_to_peer', 0):.1%} of the raw peer; "
+        f"Strowger {ratio['consume_to_floor']:.0%} of it)"
     )
+    if "relay_per_s" in floor:
+        text += f", relay {floor['relay_per_s']:,.0f}/s (Strowger {ratio['relay_to_floor']:.0%} of it)"
+    return text

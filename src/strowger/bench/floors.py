@@ -13,6 +13,10 @@ in a plain synchronous loop on one thread, with the shortest code that keeps the
   the event id from its header, ONE ``INSERT … SELECT unnest(…) ON CONFLICT DO NOTHING
   RETURNING`` into a dedupe table, ONE multi-row insert of the effect rows of the events
   it returned, COMMIT, then a synchronous offset commit.
+* :func:`sqlite_log_consume_floor` — the embedded bus's ``bus_log`` rows of the same topic,
+  read with ``sqlite3`` 500 at a time per partition; per batch, in ONE transaction:
+  ``orjson.loads`` of each value, ``INSERT OR IGNORE`` of the dedupe rows, the effect rows
+  of the events not seen before, the group's new offset; COMMIT.
 * :func:`kafka_relay_floor` — rows already in the same ``outbox`` table (written by
   :class:`~strowger.store.outbox.Outbox`); per batch of up to 1,000: ``SELECT … FOR UPDATE
   SKIP LOCKED`` in id order, ``produce`` each, ``flush`` (every acknowledgement), ``UPDATE
@@ -189,3 +193,56 @@ def kafka_relay_floor(servers: str, url: str, schema: str, topic: str, events: i
         )
     finally:
         connection.close()
+
+
+def sqlite_log_consume_floor(path: str, topic: str, partitions: int, events: int) -> FloorFigures:
+    """Consume ``events`` rows of ``topic`` from the embedded log, hand-written (see the module)."""
+    import sqlite3
+
+    group = f"bench.floor.{uuid.uuid4().hex[:10]}"
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute(_DEDUPE)
+    connection.execute(_EFFECTS)
+    done, started = 0, time.perf_counter()
+    try:
+        for partition in range(partitions):
+            offset = 0
+            while rows := connection.execute(
+                'SELECT "offset", headers, value FROM bus_log WHERE topic = ? AND partition = ? '
+                'AND "offset" >= ? ORDER BY "offset" LIMIT ?',
+                (topic, partition, offset, BATCH),
+            ).fetchall():
+                _apply_sqlite(connection, group, topic, partition, rows)
+                offset = int(rows[-1][0]) + 1
+                done += len(rows)
+        seconds = time.perf_counter() - started
+        return FloorFigures("hand-written consume loop (sqlite3 over bus_log)", done, seconds)
+    finally:
+        connection.close()
+
+
+def _apply_sqlite(connection: Any, group: str, topic: str, partition: int, rows: list[Any]) -> None:
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        fresh = []
+        for _offset, headers, value in rows:
+            event_id = orjson.loads(headers)[Header.EVENT_ID]
+            cursor = connection.execute(
+                "INSERT OR IGNORE INTO bench_floor_seen (consumer, event_id) VALUES (?, ?)", (group, event_id)
+            )
+            if cursor.rowcount:
+                fresh.append((group, event_id, *_effect(value)))
+        connection.executemany(
+            "INSERT INTO bench_floor_effects (consumer, event_id, order_id, state) VALUES (?, ?, ?, ?)", fresh
+        )
+        connection.execute(
+            "INSERT INTO bus_offsets (grp, topic, partition, next_offset) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (grp, topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+            (group, topic, partition, int(rows[-1][0]) + 1),
+        )
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise

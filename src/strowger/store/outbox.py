@@ -300,7 +300,7 @@ def _spread(partitions: list[int], groups: int) -> list[list[int]]:
 #   skips it, so a row is never taken twice and never before the rows published ahead of it.
 # * ``id = ANY(ARRAY(…))``: the chosen ids are looked up by primary key. With ``id IN (…)`` the
 #   planner joined them by hashing a sequential scan of the whole outbox (EXPLAIN ANALYZE, 1,000
-#   rows out of 20,000 waiting: 30–53 ms a batch, against 19–39 ms now).
+#   rows out of 20,000 waiting: 30 to 53 ms a batch, against 19 to 39 ms now).
 _TAKE_BATCH = (
     "WITH claimed AS MATERIALIZED ("
     "SELECT p FROM unnest(?::int[]) AS p "

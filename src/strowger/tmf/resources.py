@@ -32,7 +32,7 @@ from strowger.events.fastcheck import quick_check
 from strowger.store.db import Database, TableSet, Transaction
 from strowger.tmf.errors import BadRequest, Conflict, ResourceNotFound
 from strowger.tmf.patch import MERGE_PATCH, apply_patch, changed_fields
-from strowger.tmf.query import Page, ResourceQuery, apply_query
+from strowger.tmf.query import Page, ResourceQuery, apply_query, page_of, stored_order_only
 
 Document = dict[str, Any]
 
@@ -47,6 +47,9 @@ _CATALOG_ROWS = (
 # Every version of the documents of a resource type that keeps its history (``keep_history``),
 # appended in the transaction that writes it; body NULL = deleted. ``recorded_at`` is UTC with
 # microseconds, fixed width, so text order is time order on both databases.
+_CREATED_INDEX = (
+    "CREATE INDEX IF NOT EXISTS tmf_resource_created ON tmf_resource (collection, created_at, id)"
+)
 _HISTORY_INDEX = (
     "CREATE INDEX IF NOT EXISTS tmf_resource_history_at ON tmf_resource_history (collection, recorded_at)"
 )
@@ -61,6 +64,7 @@ RESOURCE_TABLES = TableSet(
             created_at TEXT NOT NULL,
             body TEXT NOT NULL,
             PRIMARY KEY (collection, id))""",
+        _CREATED_INDEX,
         f"CREATE VIEW IF NOT EXISTS catalog_resource AS {_CATALOG_ROWS}",
         """CREATE TABLE IF NOT EXISTS tmf_resource_history (
             seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -78,6 +82,7 @@ RESOURCE_TABLES = TableSet(
             created_at TEXT NOT NULL,
             body JSONB NOT NULL,
             PRIMARY KEY (collection, id))""",
+        _CREATED_INDEX,
         f"CREATE OR REPLACE VIEW catalog_resource AS {_CATALOG_ROWS}",
         """CREATE TABLE IF NOT EXISTS tmf_resource_history (
             seq BIGSERIAL PRIMARY KEY,
@@ -143,7 +148,22 @@ class ResourceCollection:
         return _load_body(row[0]) if row else None
 
     async def select(self, query: ResourceQuery) -> Page:
-        """The page of documents ``query`` asks for, in creation order unless it sorts."""
+        """The page of documents ``query`` asks for, in creation order unless it sorts.
+
+        Without filter or sort the database cuts the page and counts the collection (an index on
+        creation order): a plain ``GET`` of the first page reads ``limit`` bodies, not all of them.
+        Filters and sorts follow TMF630's comparison rules (numbers, times, arrays on the path),
+        which run in Python over every document of the collection.
+        """
+        if stored_order_only(query):
+            rows = await self.database.fetchall(
+                "SELECT body FROM tmf_resource WHERE collection = ? ORDER BY created_at, id LIMIT ? OFFSET ?",
+                (self.name, query.limit, query.offset),
+            )
+            counted = await self.database.fetchone(
+                "SELECT COUNT(*) FROM tmf_resource WHERE collection = ?", (self.name,)
+            )
+            return page_of((_load_body(row[0]) for row in rows), int(counted[0]) if counted else 0, query)
         rows = await self.database.fetchall(
             "SELECT body FROM tmf_resource WHERE collection = ? ORDER BY created_at, id", (self.name,)
         )
