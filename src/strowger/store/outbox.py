@@ -48,6 +48,11 @@ log = logging.getLogger("strowger.outbox")
 OUTBOX_PARTITIONS = 16
 ADVISORY_LOCK_CLASS = 0x53545257  # "STRW": the first key of the relay's advisory locks
 
+# On PostgreSQL every relayed row leaves a dead version behind (the mark is an UPDATE), and the
+# relay's take reads the unpublished rows by index: so the outbox is vacuumed and analyzed after
+# every 10,000 changes, not after 20% / 10% of the table as by default (a burst into a small
+# table otherwise left its plans without statistics: docs/benchmarks.md, round 4). Set when the
+# table is created; an existing table keeps its settings (ALTER TABLE on a hot table takes a lock).
 OUTBOX_TABLES = TableSet(
     name="outbox",
     sqlite=[
@@ -63,7 +68,9 @@ OUTBOX_TABLES = TableSet(
             id BIGSERIAL PRIMARY KEY,
             topic TEXT NOT NULL, key TEXT NOT NULL, headers TEXT NOT NULL, value BYTEA NOT NULL,
             partition INTEGER NOT NULL, created_at DOUBLE PRECISION NOT NULL,
-            published_at DOUBLE PRECISION)""",
+            published_at DOUBLE PRECISION) WITH (
+            autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000,
+            autovacuum_analyze_scale_factor = 0, autovacuum_analyze_threshold = 10000)""",
         "CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (partition, id) WHERE published_at IS NULL",
         "CREATE INDEX IF NOT EXISTS outbox_published ON outbox (published_at) WHERE published_at IS NOT NULL",
     ],
