@@ -44,6 +44,11 @@ async def test_embedded_on_sqlite_gives_every_figure_beside_the_peer() -> None:
     _check_shape(result, events=300, db="sqlite")
     assert result["peer"]["client"] == "sqlite3 read loop"
     assert result["meets"]["relay_per_s"] is None  # the relay target is for PostgreSQL only
+    floor = result["floor"]  # the hand-written consume loop read the same 300 rows
+    assert floor["consume_per_s"] > 0 and "relay_per_s" not in floor
+    assert result["ratio"]["consume_to_floor"] == round(
+        result["strowger"]["consume_per_s"] / floor["consume_per_s"], 3
+    )
 
 
 async def test_embedded_on_postgres_reads_the_peer_with_psycopg(postgres_url: str) -> None:
@@ -52,6 +57,16 @@ async def test_embedded_on_postgres_reads_the_peer_with_psycopg(postgres_url: st
     _check_shape(result, events=300, db="postgres")
     assert result["peer"]["client"] == "psycopg read loop"
     assert isinstance(result["meets"]["relay_per_s"], bool)
+    assert "missing" in result["floor"]  # no hand-written floor for this pair: said, not made up
+
+
+async def test_kafka_on_postgres_runs_both_hand_written_floors(postgres_url: str, kafka_url: str) -> None:
+    result = await bench_bus.bus_bench("kafka", 300, "postgres")
+
+    floor, ratio = result["floor"], result["ratio"]
+    assert floor["consume_per_s"] > 0 and floor["relay_per_s"] > 0
+    assert ratio["relay_to_floor"] == round(result["strowger"]["relay_per_s"] / floor["relay_per_s"], 3)
+    assert ratio["floor_consume_to_peer"] > 0
 
 
 async def test_unknown_backend_or_database_is_refused() -> None:

@@ -6,6 +6,12 @@ child process, so it has a core of its own and costs both sides the same.
 * **peers** — a plain ``aiohttp`` loop (the ceiling: the client Strowger uses) and
   a plain ``httpx.AsyncClient`` loop: ``concurrency`` tasks POST the same signed
   bodies, nothing else (no database, no retries, no ordering).
+* **floor** — a hand-written *durable* deliverer with the same client (aiohttp): it reads the
+  same events from the embedded bus's log with ``sqlite3``, 500 per partition at a time, POSTs
+  them signed (one entity's events one after another, ``concurrency`` at once), and commits the
+  partition's offset once the whole batch is delivered. At-least-once and ordered per entity,
+  and nothing more: no per-delivery rows, no retries, no dead letters, one listener. What the
+  least durable deliverer on this machine does (SQLite only).
 * **strowger** — the whole hub path: ``events`` TMF notifications already on
   the embedded bus, the ``hub-delivery`` fan-out consumer (inbox, query match,
   one queued delivery per subscription) and the delivery worker (claim, sign
@@ -145,7 +151,7 @@ async def run_peer(
                 latencies.append(time.perf_counter() - started)
                 response.raise_for_status()
                 if index % 500 == 0:
-                    progress("peer: plain httpx loop", 1 / 3 + index / len(messages) / 3)
+                    progress("peer: plain httpx loop", 1 / 4 + index / len(messages) / 4)
 
         started = time.perf_counter()
         await asyncio.gather(*(post_some() for _ in range(concurrency)))
@@ -180,7 +186,7 @@ async def run_aiohttp_peer(
                     latencies.append(time.perf_counter() - started)
                     response.raise_for_status()
                 if index % 500 == 0:
-                    progress("peer: plain aiohttp loop", index / len(messages) / 3)
+                    progress("peer: plain aiohttp loop", index / len(messages) / 4)
 
         started = time.perf_counter()
         await asyncio.gather(*(post_some() for _ in range(concurrency)))
@@ -223,7 +229,7 @@ async def run_strowger(
                 for task in tasks:
                     if task.done():
                         task.result()
-            progress("strowger: bus → hub → listener", 2 / 3 + worker.stats.delivered / len(events) / 3)
+            progress("strowger: bus → hub → listener", 1 / 2 + worker.stats.delivered / len(events) / 4)
             await asyncio.sleep(0.02)
         elapsed = time.perf_counter() - started
     finally:
@@ -236,7 +242,69 @@ async def run_strowger(
         "seconds": round(elapsed, 3),
         "per_second": round(worker.stats.delivered / elapsed),
         "failed_attempts": worker.stats.failed,
+        "topic": topic,
     } | _percentiles(worker.stats.latencies)
+
+
+async def run_floor(
+    path: str, topic: str, url: str, concurrency: int, expected: int, progress: Progress
+) -> dict[str, Any]:
+    """The hand-written durable deliverer (see the module docstring), over ``topic`` in ``path``."""
+    import sqlite3
+
+    import orjson
+
+    connection = sqlite3.connect(path, isolation_level=None)
+    group = f"bench.hub.floor.{uuid.uuid4().hex[:8]}"
+    latencies: list[float] = []
+    delivered = 0
+    slots = asyncio.Semaphore(concurrency)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=10.0)
+    ) as session:
+
+        async def post_in_order(rows: list[tuple[str, bytes]]) -> None:
+            for headers_text, value in rows:  # one entity's events, one after another
+                headers = delivery_headers(orjson.loads(headers_text), value, SECRET, 1)
+                headers["Content-Type"] = "application/json"
+                async with slots:
+                    started = time.perf_counter()
+                    async with session.post(url, data=value, headers=headers) as response:
+                        await response.read()
+                        response.raise_for_status()
+                    latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        try:
+            for partition in range(6):
+                offset = 0
+                while rows := connection.execute(
+                    'SELECT "offset", key, headers, value FROM bus_log WHERE topic = ? AND partition = ? '
+                    'AND "offset" >= ? ORDER BY "offset" LIMIT 500',
+                    (topic, partition, offset),
+                ).fetchall():
+                    by_entity: dict[str, list[tuple[str, bytes]]] = {}
+                    for _offset, key, headers_text, value in rows:
+                        by_entity.setdefault(key, []).append((headers_text, value))
+                    await asyncio.gather(*(post_in_order(chain) for chain in by_entity.values()))
+                    offset = int(rows[-1][0]) + 1
+                    connection.execute(
+                        "INSERT INTO bus_offsets (grp, topic, partition, next_offset) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (grp, topic, partition) "
+                        "DO UPDATE SET next_offset = excluded.next_offset",
+                        (group, topic, partition, offset),
+                    )
+                    delivered += len(rows)
+                    progress("floor: hand-written durable deliverer", 3 / 4 + delivered / expected / 4)
+            elapsed = time.perf_counter() - started
+        finally:
+            connection.close()
+    return {
+        "deliveries": delivered,
+        "seconds": round(elapsed, 3),
+        "per_second": round(delivered / elapsed),
+    } | _percentiles(latencies)
 
 
 async def _open_database(db: str, directory: str) -> Database:
@@ -281,10 +349,16 @@ def run_hub_bench(
                 database = await _open_database(db, directory)
                 try:
                     strowger = await run_strowger(database, url, workload, concurrency, progress)
+                    floor: dict[str, Any] = {"missing": "the hand-written floor reads the SQLite log only"}
+                    if db == "sqlite":  # the same events, already in the log Strowger read
+                        topic = str(strowger["topic"])
+                        path = f"{directory}/bench-hub.db"
+                        floor = await run_floor(path, topic, url, concurrency, len(workload), progress)
                 finally:
                     await _drop(database)
                     await database.close()
-            return {"strowger": strowger, "aiohttp_peer": aiohttp_peer, "peer": peer}
+            strowger.pop("topic", None)
+            return {"strowger": strowger, "aiohttp_peer": aiohttp_peer, "peer": peer, "floor": floor}
 
         figures = uvloop.run(both())
     finally:
@@ -311,11 +385,14 @@ def render_table(result: dict[str, Any]) -> Table:
         table.add_column(column, justify="left" if column == "side" else "right")
     sides = (
         ("strowger", "Strowger hub (bus → fan-out → worker)"),
+        ("floor", "hand-written durable deliverer (log → POST → offset)"),
         ("aiohttp_peer", "plain aiohttp loop"),
         ("peer", f"plain httpx loop (first {HTTPX_SAMPLE})"),
     )
     for side, label in sides:
-        figures = result[side]
+        figures = result.get(side) or {}
+        if "deliveries" not in figures:
+            continue
         table.add_row(
             label,
             str(figures["deliveries"]),
