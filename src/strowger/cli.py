@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -12,6 +13,8 @@ from rich.console import Console
 from strowger import __version__
 from strowger.errors import ConfigError
 from strowger.settings import Settings, load_settings
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="strowger",
@@ -51,13 +54,19 @@ def _mount_subcommands() -> None:
 _mount_subcommands()
 
 
-def settings_or_exit(**overrides: object) -> Settings:
-    """The settings, or a one-line message naming the bad setting and exit code 2."""
+def loaded_or_exit(load: Callable[[], T]) -> T:
+    """``load()`` (settings of any section), or a one-line message naming the bad setting and
+    exit code 2: what every command does with a bad ``STROWGER_*`` value."""
     try:
-        return load_settings(**overrides)
+        return load()
     except ConfigError as exc:
         typer.echo(f"strowger: configuration error: {exc}", err=True)  # one line, never wrapped
         raise typer.Exit(code=2) from None
+
+
+def settings_or_exit(**overrides: object) -> Settings:
+    """The settings, or a one-line message naming the bad setting and exit code 2."""
+    return loaded_or_exit(lambda: load_settings(**overrides))
 
 
 @app.command()
@@ -98,11 +107,7 @@ def run(
     from strowger.ops.tracing import configure_tracing
     from strowger.security import ensure_admin_credentials, install_redaction, load_security_settings
 
-    try:
-        security = load_security_settings()
-    except ConfigError as exc:
-        typer.echo(f"strowger: configuration error: {exc}", err=True)
-        raise typer.Exit(code=2) from None
+    security = loaded_or_exit(load_security_settings)
     configure_logging(settings.log_level, json=settings.log_json)
     install_redaction()
     configure_tracing()

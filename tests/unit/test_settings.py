@@ -125,11 +125,18 @@ def test_fulfilment_settings_reach_the_saga_definition(monkeypatch: pytest.Monke
     assert allocate.compensation is not None and allocate.compensation.retry.max_attempts == 8
 
 
-def test_a_bad_component_setting_stops_the_run_command_in_one_line() -> None:
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "STROWGER_FULFILMENT_ACTION_ATTEMPTS",  # a component's section, read by bootstrap
+        "STROWGER_SECURITY_MAX_BODY_BYTES",  # the security section, read by the run command
+    ],
+)
+def test_a_bad_component_setting_stops_the_run_command_in_one_line(variable: str) -> None:
     import subprocess
     import sys
 
-    env = {"PATH": "/usr/bin:/bin", "STROWGER_FULFILMENT_ACTION_ATTEMPTS": "0", "STROWGER_LOG_JSON": "false"}
+    env = {"PATH": "/usr/bin:/bin", variable: "0", "STROWGER_LOG_JSON": "false"}
     done = subprocess.run(
         [sys.executable, "-m", "strowger.cli", "run", "service-ordering", "--port", "1"],
         env=env,
@@ -139,5 +146,5 @@ def test_a_bad_component_setting_stops_the_run_command_in_one_line() -> None:
         check=False,
     )
     assert done.returncode == 2, done.stderr
-    assert "configuration error: STROWGER_FULFILMENT_ACTION_ATTEMPTS" in done.stderr
+    assert f"configuration error: {variable}" in done.stderr
     assert "Traceback" not in done.stderr

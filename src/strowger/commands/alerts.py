@@ -17,15 +17,11 @@ def rules(
     ] = None,
 ) -> None:
     """Print the Prometheus alerting-rules file equivalent to the built-in rules (for ``rule_files:``)."""
-    from strowger.errors import ConfigError
+    from strowger.cli import loaded_or_exit  # late: strowger.cli mounts this app
     from strowger.ops.alerts import AlertSettings, prometheus_rules
     from strowger.settings import load_section
 
-    try:
-        settings = load_section(AlertSettings)
-    except ConfigError as exc:  # a bad STROWGER_ALERTS_* value: one line naming it, no trace
-        typer.echo(f"strowger: configuration error: {exc}", err=True)
-        raise typer.Exit(code=2) from None
+    settings = loaded_or_exit(lambda: load_section(AlertSettings))  # a bad STROWGER_ALERTS_* value
     text = prometheus_rules(settings)
     if out is None:
         typer.echo(text, nl=False)
