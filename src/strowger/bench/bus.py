@@ -44,6 +44,7 @@ from typing import Any
 
 from rich.table import Table
 
+from strowger.bench.floors import LOG_PAGE
 from strowger.bench.machine import machine_info
 from strowger.bus.embedded import EmbeddedBus
 from strowger.bus.port import Bus
@@ -52,7 +53,7 @@ from strowger.events.envelope import Category, Envelope, Message, encode
 from strowger.events.topics import Topic
 from strowger.store.db import Database, TableSet
 from strowger.store.outbox import OUTBOX_TABLES, Outbox, OutboxRelay
-from strowger.store.postgres import PostgresDatabase
+from strowger.store.postgres import PostgresDatabase, to_psycopg
 from strowger.store.sqlite import SqliteDatabase
 
 Progress = Callable[[str, float], None]
@@ -446,11 +447,7 @@ async def _wait(event: asyncio.Event, runner: asyncio.Task[None], timeout: float
 async def _strowger_relay(
     database: Database, bus: Bus, topic: str, events: int, progress: Progress, figures: StrowgerFigures
 ) -> None:
-    outbox = Outbox()
-    for first in range(0, events, PUBLISH_BATCH):
-        async with database.transaction() as tx:
-            await outbox.add(tx, _messages(topic, first, min(PUBLISH_BATCH, events - first)))
-    await _analyze_outbox(database)
+    outbox = await _fill_outbox(database, topic, events)
     relay = OutboxRelay(database, bus, outbox, retention=None)
     progress("Strowger: outbox relay", 0.55)
     started = time.perf_counter()
@@ -465,6 +462,16 @@ async def _strowger_relay(
     await _analyze_outbox(database)
     latency = await _relay_latency(database, bus, topic)
     figures.relay_latency_p50_ms, figures.relay_latency_p99_ms, figures.relay_paced_rate_reached = latency
+
+
+async def _fill_outbox(database: Database, topic: str, events: int) -> Outbox:
+    """``events`` rows for ``topic`` committed in the outbox (500 a transaction), then analyzed."""
+    outbox = Outbox()
+    for first in range(0, events, PUBLISH_BATCH):
+        async with database.transaction() as tx:
+            await outbox.add(tx, _messages(topic, first, min(PUBLISH_BATCH, events - first)))
+    await _analyze_outbox(database)
+    return outbox
 
 
 async def _analyze_outbox(database: Database) -> None:
@@ -557,24 +564,17 @@ async def _relay_latency(database: Database, bus: Bus, topic: str) -> tuple[floa
 # -- the peers ---------------------------------------------------------------------------------------------
 
 
-_RAW_LOG_QUERY = (
-    'SELECT "offset", key, headers, value FROM bus_log '
-    'WHERE topic = {p} AND partition = {p} AND "offset" >= {p} ORDER BY "offset" LIMIT {p}'
-)
-
-
 def _sqlite_read_loop(path: str, topic: str) -> tuple[int, float]:
     """Every row of ``topic`` through sqlite3 itself; (rows, seconds)."""
     import sqlite3
 
-    query = _RAW_LOG_QUERY.format(p="?")
     seen = 0
     connection = sqlite3.connect(path)
     try:
         started = time.perf_counter()
         for partition in range(PARTITIONS):
             offset = 0
-            while rows := connection.execute(query, (topic, partition, offset, CONSUMER_BATCH)).fetchall():
+            while rows := connection.execute(LOG_PAGE, (topic, partition, offset, CONSUMER_BATCH)).fetchall():
                 seen += len(rows)
                 offset = int(rows[-1][0]) + 1
         return seen, time.perf_counter() - started
@@ -586,7 +586,7 @@ async def _postgres_read_loop(database: PostgresDatabase, topic: str) -> tuple[i
     """Every row of ``topic`` through psycopg itself (one connection, autocommit); (rows, seconds)."""
     import psycopg
 
-    query = _RAW_LOG_QUERY.format(p="%s")
+    query = to_psycopg(LOG_PAGE)
     seen = 0
     async with await psycopg.AsyncConnection.connect(database.url, autocommit=True) as connection:
         await connection.execute(f'SET search_path TO "{database.schema}"')
@@ -731,11 +731,7 @@ async def _floors(
         kafka_consume_floor, servers, pipeline_topic, database.url, schema, events
     )
     relay_topic = await _new_topic(bus, topics, "floor")
-    outbox = Outbox()
-    for first in range(0, events, PUBLISH_BATCH):
-        async with database.transaction() as tx:
-            await outbox.add(tx, _messages(relay_topic, first, min(PUBLISH_BATCH, events - first)))
-    await _analyze_outbox(database)
+    await _fill_outbox(database, relay_topic, events)
     progress("floor: hand-written relay", 0.76)
     relay = await asyncio.to_thread(kafka_relay_floor, servers, database.url, schema, relay_topic, events)
     return {

@@ -43,6 +43,17 @@ from strowger.events.envelope import Header
 BATCH = 500
 RELAY_BATCH = 1000
 
+# The embedded bus's log read and acknowledged with the bare driver (``?`` placeholders): one page
+# of a partition in offset order, and a group's next offset on that partition.
+LOG_PAGE = (
+    'SELECT "offset", key, headers, value FROM bus_log WHERE topic = ? AND partition = ? '
+    'AND "offset" >= ? ORDER BY "offset" LIMIT ?'
+)
+SAVE_OFFSET = (
+    "INSERT INTO bus_offsets (grp, topic, partition, next_offset) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (grp, topic, partition) DO UPDATE SET next_offset = excluded.next_offset"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class FloorFigures:
@@ -209,11 +220,7 @@ def sqlite_log_consume_floor(path: str, topic: str, partitions: int, events: int
     try:
         for partition in range(partitions):
             offset = 0
-            while rows := connection.execute(
-                'SELECT "offset", headers, value FROM bus_log WHERE topic = ? AND partition = ? '
-                'AND "offset" >= ? ORDER BY "offset" LIMIT ?',
-                (topic, partition, offset, BATCH),
-            ).fetchall():
+            while rows := connection.execute(LOG_PAGE, (topic, partition, offset, BATCH)).fetchall():
                 _apply_sqlite(connection, group, topic, partition, rows)
                 offset = int(rows[-1][0]) + 1
                 done += len(rows)
@@ -227,7 +234,7 @@ def _apply_sqlite(connection: Any, group: str, topic: str, partition: int, rows:
     connection.execute("BEGIN IMMEDIATE")
     try:
         fresh = []
-        for _offset, headers, value in rows:
+        for _offset, _key, headers, value in rows:
             event_id = orjson.loads(headers)[Header.EVENT_ID]
             cursor = connection.execute(
                 "INSERT OR IGNORE INTO bench_floor_seen (consumer, event_id) VALUES (?, ?)", (group, event_id)
@@ -237,11 +244,7 @@ def _apply_sqlite(connection: Any, group: str, topic: str, partition: int, rows:
         connection.executemany(
             "INSERT INTO bench_floor_effects (consumer, event_id, order_id, state) VALUES (?, ?, ?, ?)", fresh
         )
-        connection.execute(
-            "INSERT INTO bus_offsets (grp, topic, partition, next_offset) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (grp, topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
-            (group, topic, partition, int(rows[-1][0]) + 1),
-        )
+        connection.execute(SAVE_OFFSET, (group, topic, partition, int(rows[-1][0]) + 1))
         connection.execute("COMMIT")
     except BaseException:
         connection.execute("ROLLBACK")

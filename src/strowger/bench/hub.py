@@ -254,6 +254,8 @@ async def run_floor(
 
     import orjson
 
+    from strowger.bench.floors import LOG_PAGE, SAVE_OFFSET
+
     connection = sqlite3.connect(path, isolation_level=None)
     group = f"bench.hub.floor.{uuid.uuid4().hex[:8]}"
     latencies: list[float] = []
@@ -279,22 +281,13 @@ async def run_floor(
         try:
             for partition in range(6):
                 offset = 0
-                while rows := connection.execute(
-                    'SELECT "offset", key, headers, value FROM bus_log WHERE topic = ? AND partition = ? '
-                    'AND "offset" >= ? ORDER BY "offset" LIMIT 500',
-                    (topic, partition, offset),
-                ).fetchall():
+                while rows := connection.execute(LOG_PAGE, (topic, partition, offset, 500)).fetchall():
                     by_entity: dict[str, list[tuple[str, bytes]]] = {}
                     for _offset, key, headers_text, value in rows:
                         by_entity.setdefault(key, []).append((headers_text, value))
                     await asyncio.gather(*(post_in_order(chain) for chain in by_entity.values()))
                     offset = int(rows[-1][0]) + 1
-                    connection.execute(
-                        "INSERT INTO bus_offsets (grp, topic, partition, next_offset) VALUES (?, ?, ?, ?) "
-                        "ON CONFLICT (grp, topic, partition) "
-                        "DO UPDATE SET next_offset = excluded.next_offset",
-                        (group, topic, partition, offset),
-                    )
+                    connection.execute(SAVE_OFFSET, (group, topic, partition, offset))
                     delivered += len(rows)
                     progress("floor: hand-written durable deliverer", 3 / 4 + delivered / expected / 4)
             elapsed = time.perf_counter() - started

@@ -113,8 +113,8 @@ def _multi_row(sql: str, rows: int) -> str | None:
 
     Numbered ``$n`` placeholders, for a raw cursor: psycopg re-parses a ``%s`` statement of over
     50 parameters on every call (it caches only small ones), which cost more than it saved."""
-    match = _PLAIN_INSERT.match(sql)
-    if match is None or "returning" in sql.lower():
+    match = _PLAIN_INSERT.match(sql)  # anchored at both ends: a RETURNING or DO UPDATE never matches
+    if match is None:
         return None
     width = match["row"].count("?")
     numbers = iter(range(1, rows * width + 1))

@@ -277,14 +277,8 @@ def _sort_value(document: Document, path: Path) -> tuple[int, Any] | None:
     return (2, moment) if moment is not None else (3, text)
 
 
-def stored_order_only(query: ResourceQuery) -> bool:
-    """Whether the page ``query`` asks for depends on the stored order alone (no filter, no sort):
-    then the database can cut the page itself (LIMIT/OFFSET) and count the rest."""
-    return not query.conditions and not query.sort
-
-
 def page_of(documents: Iterable[dict[str, Any]], total: int, query: ResourceQuery) -> Page:
-    """A page the database already cut (see :func:`stored_order_only`), with ``query``'s fields."""
+    """A page the database already filtered and cut, of ``total`` matches, with ``query``'s fields."""
     return Page([select_fields(d, query.fields) for d in documents], total)
 
 

@@ -29,10 +29,10 @@ from jsonschema import Draft4Validator
 from strowger.errors import ConcurrencyConflict
 from strowger.events.envelope import Envelope, format_time, new_id, utcnow
 from strowger.events.fastcheck import quick_check
-from strowger.store.db import Database, TableSet, Transaction
+from strowger.store.db import Database, Params, TableSet, Transaction
 from strowger.tmf.errors import BadRequest, Conflict, ResourceNotFound
 from strowger.tmf.patch import MERGE_PATCH, apply_patch, changed_fields
-from strowger.tmf.query import Page, ResourceQuery, apply_query, page_of, stored_order_only
+from strowger.tmf.query import Condition, Page, ResourceQuery, apply_query, page_of
 
 Document = dict[str, Any]
 
@@ -148,26 +148,16 @@ class ResourceCollection:
         return _load_body(row[0]) if row else None
 
     async def select(self, query: ResourceQuery) -> Page:
-        """The page of documents ``query`` asks for, in creation order unless it sorts.
-
-        Without filter or sort the database cuts the page and counts the collection (an index on
-        creation order): a plain ``GET`` of the first page reads ``limit`` bodies, not all of them.
-        Filters and sorts follow TMF630's comparison rules (numbers, times, arrays on the path),
-        which run in Python over every document of the collection.
-        """
-        if stored_order_only(query):
-            rows = await self.database.fetchall(
-                "SELECT body FROM tmf_resource WHERE collection = ? ORDER BY created_at, id LIMIT ? OFFSET ?",
-                (self.name, query.limit, query.offset),
-            )
-            counted = await self.database.fetchone(
-                "SELECT COUNT(*) FROM tmf_resource WHERE collection = ?", (self.name,)
-            )
-            return page_of((_load_body(row[0]) for row in rows), int(counted[0]) if counted else 0, query)
-        rows = await self.database.fetchall(
-            "SELECT body FROM tmf_resource WHERE collection = ? ORDER BY created_at, id", (self.name,)
+        """The page of documents ``query`` asks for, in creation order unless it sorts
+        (:func:`select_page`: without filter or sort the database cuts the page)."""
+        return await select_page(
+            self.database,
+            "tmf_resource WHERE collection = ?",
+            (self.name,),
+            "created_at, id",
+            query,
+            _load_body,
         )
-        return apply_query((_load_body(row[0]) for row in rows), query)
 
     async def load(self, tx: Transaction, resource_id: str) -> Stored | None:
         row = await tx.fetchone(
@@ -228,6 +218,35 @@ class ResourceCollection:
             (self.name, resource_id, history_time(moment)),
         )
         return None if row is None or row[0] is None else _load_body(row[0])
+
+
+async def select_page(
+    database: Database,
+    source: str,
+    params: Params,
+    order: str,
+    query: ResourceQuery,
+    load: Callable[[Any], Document],
+    *,
+    in_sql: Callable[[Condition], bool] = lambda condition: False,
+) -> Page:
+    """The page ``query`` asks for from ``SELECT body FROM {source}`` (in ``order`` unless it sorts).
+
+    ``in_sql`` says which of ``query``'s conditions ``source`` already applies. When it applies
+    every one and ``query`` does not sort, the database cuts the page (``LIMIT``/``OFFSET``, an
+    index on ``order`` keeps that cheap) and counts the rows: a page reads ``limit`` bodies.
+    Otherwise TMF630's filters and sorts (numbers, times, any element of an array on the path)
+    run in Python over every row ``source`` returns.
+    """
+    if query.sort or not all(in_sql(condition) for condition in query.conditions):
+        rows = await database.fetchall(f"SELECT body FROM {source} ORDER BY {order}", params)  # noqa: S608 (names of ours)
+        return apply_query((load(row[0]) for row in rows), query)
+    rows = await database.fetchall(
+        f"SELECT body FROM {source} ORDER BY {order} LIMIT ? OFFSET ?",  # noqa: S608 (names of ours)
+        (*params, query.limit, query.offset),
+    )
+    counted = await database.fetchone(f"SELECT COUNT(*) FROM {source}", params)  # noqa: S608
+    return page_of((load(row[0]) for row in rows), int(counted[0]) if counted else 0, query)
 
 
 def history_time(moment: datetime) -> str:

@@ -17,7 +17,8 @@ from typing import Any
 import orjson
 
 from strowger.store.db import Database, TableSet, Transaction
-from strowger.tmf.query import Condition, Op, Page, ResourceQuery, apply_query, page_of
+from strowger.tmf.query import Condition, Op, Page, ResourceQuery
+from strowger.tmf.resources import select_page
 
 Document = dict[str, Any]
 
@@ -114,26 +115,18 @@ class OrderView:
     async def _list(
         self, table: str, created: str, query: ResourceQuery, *, state_column: bool = False
     ) -> Page:
-        """A page of ``table`` in creation order (or ``query``'s sort).
+        """A page of ``table`` in creation order (or ``query``'s sort), by :func:`select_page`.
 
         ``state=a,b`` filters go to SQL on the ``state`` column (exact: TMF state names are
-        plain strings, never numbers or times, so TMF630's comparison is string equality);
-        when nothing else filters or sorts, the database also cuts the page and counts the
-        rows. Any other filter or a sort runs in Python over the rows SQL returned.
+        plain strings, never numbers or times, so TMF630's comparison is string equality).
         """
         states = _state_filter(query) if state_column else None
-        where, params = ("", ()) if states is None else (f"WHERE state IN ({_marks(states)})", states)
-        order = f"ORDER BY {created}, id"
-        rest = [c for c in query.conditions if states is None or not _is_state_filter(c)]
-        if not rest and not query.sort:
-            rows = await self.database.fetchall(
-                f"SELECT body FROM {table} {where} {order} LIMIT ? OFFSET ?",  # noqa: S608 (names of ours)
-                (*params, query.limit, query.offset),
-            )
-            counted = await self.database.fetchone(f"SELECT COUNT(*) FROM {table} {where}", params)  # noqa: S608
-            return page_of((_body(row[0]) for row in rows), int(counted[0]) if counted else 0, query)
-        rows = await self.database.fetchall(f"SELECT body FROM {table} {where} {order}", params)  # noqa: S608
-        return apply_query((_body(row[0]) for row in rows), query)
+        if states is None:
+            return await select_page(self.database, table, (), f"{created}, id", query, _body)
+        source = f"{table} WHERE state IN ({_marks(states)})"
+        return await select_page(
+            self.database, source, states, f"{created}, id", query, _body, in_sql=_is_state_filter
+        )
 
     async def task(self, task_id: str) -> Document | None:
         row = await self.database.fetchone(
