@@ -11,8 +11,10 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import orjson
@@ -82,6 +84,7 @@ class RealListener:
     received: list[Received] = field(default_factory=list)
     status: dict[str, int] = field(default_factory=dict)
     answers: dict[str, Response] = field(default_factory=dict)  # a whole answer, for the path
+    delays: dict[str, float] = field(default_factory=dict)  # seconds before answering, for the path
     _server: uvicorn.Server | None = None
     _task: asyncio.Task[None] | None = None
 
@@ -92,6 +95,7 @@ class RealListener:
         async def record(path: str, request: Request) -> Response:
             peer = (request.client.host, request.client.port) if request.client else None
             self.received.append(Received(f"/{path}", dict(request.headers), await request.body(), peer))
+            await asyncio.sleep(self.delays.get(f"/{path}", 0.0))
             return self.answers.get(f"/{path}") or Response(status_code=self.status.get(f"/{path}", 204))
 
         return app
@@ -172,21 +176,23 @@ class Hub:
         )
 
 
-@pytest.fixture
-async def hub(database: Database) -> AsyncIterator[Hub]:
+@asynccontextmanager
+async def running_hub(database: Database, *, direct: bool, **options: Any) -> AsyncIterator[Hub]:
+    """The fan-out consumer and the worker, with the direct path on or off (every test runs both)."""
     # Created up front, as the platform does at start (concurrent DDL races on PostgreSQL).
     await database.create_tables(HUB_TABLES, PARKED_TABLES, HUB_DELIVERY_TABLES, INBOX_TABLES, OUTBOX_TABLES)
     bus = EmbeddedBus("embedded://", database=database)
     await bus.start()
     topic = unique("hub")
     await bus.ensure_topics([Topic(topic, Category.DOMAIN, partitions=3)])
-    options = DeliveryOptions(timeout=2.0, backoff=(0.2, 0.3, 0.4), lease=5.0, poll_interval=0.2)
-    worker = DeliveryWorker(database, LOOPBACK_ONLY, options, stranded_interval=0.5)
+    options = {"timeout": 2.0, "backoff": (0.2, 0.3, 0.4), "lease": 5.0, "poll_interval": 0.2, **options}
+    worker = DeliveryWorker(database, LOOPBACK_ONLY, DeliveryOptions(**options), stranded_interval=0.5)
     fan_out = HubFanOut(
         [HubRoute(API, topic, EVENT_TYPES)],
         postgresql=database.kind == "postgresql",
         wake=worker.wake,
         database=database,
+        direct=worker if direct else None,
     )
     runner = ConsumerRunner(fan_out.consumer(backoff=(0.1,)), bus, database, fetch_timeout=0.2)
     tasks = [asyncio.create_task(runner.run()), asyncio.create_task(worker.run())]
@@ -197,6 +203,17 @@ async def hub(database: Database) -> AsyncIterator[Hub]:
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert not [r for r in results if not isinstance(r, asyncio.CancelledError | type(None))], results
     await bus.stop()
+
+
+@pytest.fixture(params=["queued", "direct"])
+async def hub(request: pytest.FixtureRequest, database: Database) -> AsyncIterator[Hub]:
+    async with running_hub(database, direct=request.param == "direct") as running:
+        yield running
+
+
+async def queued_count(database: Database, queue: str) -> int:
+    row = await database.fetchone("SELECT COUNT(*) FROM parked WHERE consumer = ?", (queue,))
+    return int(row[0]) if row else 0
 
 
 async def test_delivers_exactly_the_filtered_events_with_signature(hub: Hub, listener: RealListener) -> None:
@@ -368,6 +385,69 @@ async def test_metadata_callback_refused_at_subscription_and_at_delivery(
     (letter,) = await dlq.find(DeadLetterFilter(consumer=queue_name(API, sneaky.id)))
     assert letter.error_type == "CallbackRefused" and "metadata" in (letter.error_message or "")
     await wait_until(lambda: len(listener.at("/fine")) == 1, "the safe listener's delivery")
+
+
+async def test_a_redelivered_event_is_not_posted_again(hub: Hub, listener: RealListener) -> None:
+    await hub.store.add(listener.url("/once"))
+    first = order_event("o40", "completed")
+    await hub.publish(first)
+    await wait_until(lambda: len(listener.at("/once")) == 1, "the first delivery")
+    await hub.publish(first)  # the same event again (a producer's retry, a redelivery)
+    await hub.publish(second := order_event("o41", "completed"))
+    await wait_until(lambda: len(listener.at("/once")) == 2, "the next event")
+    await asyncio.sleep(0.3)
+    assert [r.headers[EVENT_ID_HEADER.lower()] for r in listener.at("/once")] == [
+        first.event_id,
+        second.event_id,
+    ]
+
+
+async def test_the_direct_path_queues_nothing_when_listeners_answer(
+    database: Database, listener: RealListener
+) -> None:
+    async with running_hub(database, direct=True) as hub:
+        subscription = await hub.store.add(listener.url("/direct"))
+        events = [order_event(f"o5{k}", "acknowledged", seq) for k in range(3) for seq in range(4)]
+        await hub.publish(*events)
+        await wait_until(lambda: hub.runner.stats.applied == len(events), "the fan-out's commit")
+        assert len(listener.at("/direct")) == len(events)  # POSTed before the fan-out committed
+        assert await queued_count(database, queue_name(API, subscription.id)) == 0
+        assert hub.worker.stats.delivered == len(events) and hub.worker.stats.failed == 0
+        for k in range(3):
+            seqs = [
+                r.json["event"]["productOrder"]["seq"]  # type: ignore[index]
+                for r in listener.at("/direct")
+                if r.json["event"]["productOrder"]["id"] == f"o5{k}"  # type: ignore[index]
+            ]
+            assert seqs == [0, 1, 2, 3]
+
+
+async def test_a_slow_listener_is_cut_off_by_the_budget_then_served_in_order_from_the_queue(
+    database: Database, listener: RealListener
+) -> None:
+    async with running_hub(database, direct=True, direct_budget=0.3) as hub:
+        slow = await hub.store.add(listener.url("/slow"))
+        await hub.store.add(listener.url("/fast"))
+        listener.delays["/slow"] = 1.0  # within the POST timeout (2 s), beyond the budget
+        events = [order_event("o60", "acknowledged", seq) for seq in range(3)]
+        started = asyncio.get_running_loop().time()
+        await hub.publish(*events)
+        await wait_until(lambda: len(listener.at("/fast")) == 3, "the healthy listener's deliveries")
+        assert asyncio.get_running_loop().time() - started < 1.0  # not held by the slow one's answer
+        # Cut off at the budget: from then on its deliveries go through the queue.
+        await wait_until(lambda: hub.worker.degraded(slow.id), "the slow listener marked")
+
+        def firsts() -> list[str]:  # event ids in the order of their first arrival
+            return list(dict.fromkeys(r.headers[EVENT_ID_HEADER.lower()] for r in listener.at("/slow")))
+
+        await wait_until(lambda: len(firsts()) == 3, "every event at the slow listener")
+        assert firsts() == [e.event_id for e in events]
+
+        async def drained() -> bool:
+            return await queued_count(database, queue_name(API, slow.id)) == 0
+
+        await wait_until(drained, "the slow listener's queue to empty")
+        assert hub.worker.stats.dead == 0
 
 
 async def test_listener_side_turns_a_duplicated_notification_into_one_bus_event(database: Database) -> None:

@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 from strowger.bus.embedded import EmbeddedBus
-from strowger.bus.port import Bus
+from strowger.bus.port import Bus, Delivery
 from strowger.bus.runtime import Consumer, ConsumerRunner, UnitOfWork
 from strowger.errors import InvalidStateTransition, TransientError
-from strowger.events.envelope import Category, Envelope, encode
+from strowger.events.envelope import Category, Envelope, Message, encode
 from strowger.events.topics import Topic
 from strowger.store.db import Database
 from strowger.store.deadletters import DeadLetterFilter, DeadLetterQueue
@@ -191,6 +191,68 @@ class BatchHandlerContract:
         assert sorted(s for _, _, s in effects) == list(range(6))
         rows = await database.fetchall("SELECT headers FROM outbox WHERE topic = ?", (downstream,))
         assert len(rows) == len(sources) and all(consumer.name in str(h) for (h,) in rows)  # producer set
+
+    async def test_a_prepare_step_runs_outside_the_transaction_and_hands_its_result_to_the_handler(
+        self, bus: Bus, database: Database, topic: str, tasks: list[asyncio.Task[None]]
+    ) -> None:
+        handler = Recorder(fail_on="bad")
+        prepared: list[list[str]] = []
+        given: list[object] = []
+
+        async def prepare(events: Sequence[tuple[Delivery, Envelope]]) -> object:
+            prepared.append([envelope.event_id for _, envelope in events])
+            # A write of its own: it would wait forever if the batch's transaction were open.
+            async with asyncio.timeout(5), database.transaction() as tx:
+                await tx.execute(
+                    "INSERT INTO effects (consumer, event_id, entity, seq) VALUES (?, ?, ?, ?)",
+                    ("prepare", f"prepare-{len(prepared)}", "prepare", 0),
+                )
+            return {"token": len(prepared)}
+
+        async def handle(envelopes: Sequence[Envelope], uow: UnitOfWork) -> None:
+            given.append(uow.prepared)
+            await handler(envelopes, uow)
+
+        consumer = Consumer(
+            name=unique("prepared"), topics=(topic,), batch_handler=handle, prepare=prepare, batch_size=100
+        )
+        runner = ConsumerRunner(consumer, bus, database, fetch_timeout=0.3, retry_poll_interval=0.2)
+        poison = Message(topic=topic, key="p", headers={"eventType": "ThingChangeEvent"}, value=b"\x00{no")
+        events = [event("a", 0), event("bad", 0), event("c", 0)]
+        await bus.publish([poison, *(encode(e, topic) for e in events)])
+        await _start(runner, tasks)
+        effects = await _wait_effects(database, runner.name, 2)
+        assert sorted(k for _, k, _ in effects) == ["a", "c"]
+        assert prepared and sorted(prepared[0]) == sorted(e.event_id for e in events)  # not the poison
+        assert given and all(isinstance(value, dict) and "token" in value for value in given)
+        assert [len(call) for call in handler.calls[-3:]] == [1, 1, 1]  # the careful path got it too
+
+        async def both_dead() -> bool:
+            return len(await DeadLetterQueue(database).find(DeadLetterFilter(consumer=runner.name))) == 2
+
+        await wait_until(both_dead, "the poison and the failing event dead-lettered")
+
+    async def test_a_failing_prepare_step_leaves_the_batch_to_the_handler(
+        self, bus: Bus, database: Database, topic: str, tasks: list[asyncio.Task[None]]
+    ) -> None:
+        handler = Recorder()
+        given: list[object] = []
+
+        async def prepare(events: Sequence[tuple[Delivery, Envelope]]) -> object:
+            raise RuntimeError("the shortcut is down")
+
+        async def handle(envelopes: Sequence[Envelope], uow: UnitOfWork) -> None:
+            given.append(uow.prepared)
+            await handler(envelopes, uow)
+
+        consumer = Consumer(name=unique("unprepared"), topics=(topic,), batch_handler=handle, prepare=prepare)
+        runner = ConsumerRunner(consumer, bus, database, fetch_timeout=0.3)
+        events = [event("a", n) for n in range(3)]
+        await bus.publish([encode(e, topic) for e in events])
+        await _start(runner, tasks)
+        effects = await _wait_effects(database, runner.name, 3)
+        assert [s for _, _, s in effects] == [0, 1, 2]
+        assert given and all(value is None for value in given)
 
 
 class TestBatchHandlerOnSqlite(BatchHandlerContract):

@@ -219,6 +219,7 @@ async def run_strowger(
         postgresql=database.kind == "postgresql",
         wake=worker.wake,
         database=database,
+        direct=worker,
     )
     runner = ConsumerRunner(fan_out.consumer(batch_size=500), bus, database, fetch_timeout=0.1)
     started = time.perf_counter()

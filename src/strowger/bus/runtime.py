@@ -16,6 +16,13 @@ insert per batch) and without a savepoint per message; only when a handler
 fails is the batch redone message by message, each inside a SAVEPOINT
 (:meth:`ConsumerRunner.process`). docs/benchmarks.md has the figures.
 
+A consumer may also give a *prepare* step: awaited with the batch's decoded, valid
+events BEFORE its transaction opens, so it may do slow I/O without holding the
+database (the hub POSTs webhooks there and parks only what did not get a 2xx). Its
+result reaches the handlers as ``uow.prepared``. It may run again for the same events
+(the transaction failed, a redelivery), so what it does must be safe to repeat; if it
+raises, the batch is applied without it.
+
 A consumer may give a *batch handler* instead of (or beside) a per-event one:
 the fast path then hands it every event to apply in one call, so it can write
 its effects with one ``executemany``. If it raises, the batch is redone one
@@ -107,6 +114,7 @@ class UnitOfWork:
     deliveries: Sequence[Delivery] = ()
     traced: bool = False  # stamp emitted events with a PRODUCER span (child of the handler's span)
     validator: SchemaValidator | None = None  # check emitted events against their schema
+    prepared: object = None  # what the consumer's prepare step returned for this batch (or None)
 
     async def emit(self, envelope: Envelope, topic: str) -> None:
         """Publish ``envelope`` on ``topic`` if, and only if, this unit of work commits.
@@ -150,6 +158,7 @@ def prepare_emitted(
 
 Handler = Callable[[Envelope, UnitOfWork], Awaitable[None]]
 BatchHandler = Callable[[Sequence[Envelope], UnitOfWork], Awaitable[None]]
+Prepare = Callable[[Sequence[tuple[Delivery, Envelope]]], Awaitable[object]]
 
 
 class _SlowPathNeeded(Exception):
@@ -174,6 +183,8 @@ class _BatchLog:
     duplicates: list[tuple[Delivery, Envelope]] = field(default_factory=list)
     failed: list[tuple[Delivery, Envelope, float, BaseException]] = field(default_factory=list)
     dead: list[tuple[Delivery, str]] = field(default_factory=list)
+    prepared: object = None  # the consumer's prepare result, handed to every unit of work
+    checked: dict[int, Envelope] = field(default_factory=dict)  # id(delivery) → decoded and valid
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +199,7 @@ class Consumer:
     batch_size: int = 100
     ack_policy: AckPolicy = AckPolicy.AFTER_COMMIT
     batch_handler: BatchHandler | None = None  # the whole fresh batch in one call (fast path)
+    prepare: Prepare | None = None  # I/O before the batch's transaction (see the module docstring)
 
     def __post_init__(self) -> None:
         if not self.topics:
@@ -353,15 +365,16 @@ class ConsumerRunner:
         """
         if self.consumer.ack_policy is AckPolicy.ON_RECEIPT:
             await self._acknowledge(subscriber, batch)
+        prepared, checked = await self._prepare(batch) if self.consumer.prepare else (None, {})
         try:
             async with self.database.transaction() as tx:
-                done = _BatchLog()
+                done = _BatchLog(prepared=prepared, checked=checked)
                 counts = await self._apply_batch(tx, batch, done)
                 await self._close_batch(tx, done)
             self._add_counts(counts)
         except _SlowPathNeeded as needed:
             async with self.database.transaction() as tx:
-                done = _BatchLog()
+                done = _BatchLog(prepared=prepared)
                 for delivery in batch:
                     if delivery is needed.delivery:
                         await self._handle(tx, delivery, done, known_failure=needed)
@@ -371,6 +384,34 @@ class ConsumerRunner:
         self.stats.batches += 1
         if self.consumer.ack_policy is AckPolicy.AFTER_COMMIT:
             await self._acknowledge(subscriber, batch)
+
+    async def _prepare(self, batch: Sequence[Delivery]) -> tuple[object, dict[int, Envelope]]:
+        """The consumer's prepare step over the batch's wanted, decodable, valid events.
+
+        The envelopes it saw are returned by delivery so the transaction does not decode
+        them again; the others go through the transaction's usual checks (and dead letters).
+        """
+        assert self.consumer.prepare is not None
+        checked: dict[int, Envelope] = {}
+        events: list[tuple[Delivery, Envelope]] = []
+        for delivery in batch:
+            if not self.consumer.wants_message(delivery.message):
+                continue
+            try:
+                envelope = decode(delivery.message)
+                if self.validator is not None:
+                    self.validator.check_message(delivery.message, envelope)
+            except (MalformedMessage, SchemaViolation):
+                continue  # dead-lettered in the transaction, with the reason
+            checked[id(delivery)] = envelope
+            events.append((delivery, envelope))
+        if not events:
+            return None, checked
+        try:
+            return await self.consumer.prepare(events), checked
+        except Exception:  # the handlers then do without it: nothing is lost, only the shortcut
+            self._log.warning("prepare step failed; applying the batch without it", exc_info=True)
+            return None, checked
 
     async def _acknowledge(self, subscriber: Subscriber, batch: Sequence[Delivery]) -> None:
         await subscriber.commit(batch)
@@ -413,8 +454,12 @@ class ConsumerRunner:
     def traced(self) -> bool:
         return tracing.exporting() if self.tracing is None else self.tracing
 
-    def _uow(self, tx: Transaction, delivery: Delivery, deliveries: Sequence[Delivery]) -> UnitOfWork:
-        return UnitOfWork(tx, self.name, delivery, self.outbox, deliveries, self.traced, self.validator)
+    def _uow(
+        self, tx: Transaction, delivery: Delivery, deliveries: Sequence[Delivery], prepared: object = None
+    ) -> UnitOfWork:
+        return UnitOfWork(
+            tx, self.name, delivery, self.outbox, deliveries, self.traced, self.validator, prepared
+        )
 
     async def _run_handler(self, envelope: Envelope, uow: UnitOfWork, topic: str) -> None:
         """The per-event handler, in a CONSUMER span when tracing (its emits become its children)."""
@@ -430,7 +475,12 @@ class ConsumerRunner:
         decoded: list[tuple[Delivery, Envelope]] = []
         validator = self.validator
         filtering = bool(self.consumer.event_types)  # most consumers take every type: skip the header
+        checked = done.checked
         for delivery in batch:
+            known = checked.get(id(delivery)) if checked else None
+            if known is not None:  # decoded and checked by the prepare step
+                decoded.append((delivery, known))
+                continue
             if filtering and not self.consumer.wants_message(delivery.message):
                 counts.filtered += 1
                 continue
@@ -480,7 +530,7 @@ class ConsumerRunner:
         observing = self._observing
         clock = time.perf_counter
         for delivery, envelope in to_apply:
-            uow = self._uow(tx, delivery, (delivery,))
+            uow = self._uow(tx, delivery, (delivery,), done.prepared)
             started = clock() if observing else 0.0
             try:
                 await self._run_handler(envelope, uow, delivery.message.topic)
@@ -501,7 +551,7 @@ class ConsumerRunner:
             return
         assert self.consumer.batch_handler is not None
         deliveries = [delivery for delivery, _ in to_apply]
-        uow = self._uow(tx, deliveries[-1], deliveries)
+        uow = self._uow(tx, deliveries[-1], deliveries, done.prepared)
         started = time.perf_counter()
         try:
             await self.consumer.batch_handler([envelope for _, envelope in to_apply], uow)
@@ -557,7 +607,7 @@ class ConsumerRunner:
             seconds = known_failure.seconds
         else:
             started = time.perf_counter()
-            error = await self._apply(tx, envelope, delivery)
+            error = await self._apply(tx, envelope, delivery, done.prepared)
             seconds = time.perf_counter() - started
         if error is None:
             if self._observing:
@@ -636,12 +686,14 @@ class ConsumerRunner:
             next_attempt_at=next_at,
         )
 
-    async def _apply(self, tx: Transaction, envelope: Envelope, delivery: Delivery) -> BaseException | None:
+    async def _apply(
+        self, tx: Transaction, envelope: Envelope, delivery: Delivery, prepared: object = None
+    ) -> BaseException | None:
         """Run the handler inside a savepoint; returns its error (its effects undone) or None."""
         try:
             async with tx.savepoint("strowger_handler"):
                 if await self._inbox.record(tx, self.name, envelope.event_id):
-                    uow = self._uow(tx, delivery, (delivery,))
+                    uow = self._uow(tx, delivery, (delivery,), prepared)
                     await self._run_handler(envelope, uow, delivery.message.topic)
                     self.stats.applied += 1
                 else:

@@ -10,8 +10,20 @@ Two stages, both restart-safe (docs/tmf-apis.md, "Hub delivery"):
    runtime's inbox makes the fan-out exactly-once: a redelivered event is not
    enqueued twice.
 2. **Delivery** — :class:`DeliveryWorker` POSTs each queued delivery to its
-   callback, concurrently across listeners (one keep-alive ``httpx`` pool,
-   bounded overall and per listener), one at a time per (listener, entity).
+   callback, concurrently across listeners (one keep-alive pool, bounded
+   overall and per listener), one at a time per (listener, entity).
+
+The direct path (``DeliveryOptions.direct``, on by default) skips the queue when
+all goes well: before the fan-out's transaction opens (the runtime's *prepare*
+step, so no database lock is held during HTTP), the worker POSTs each fresh event
+to every matching listener that is healthy and has nothing queued for the event's
+entity, one entity's events after another, within ``direct_budget`` seconds. The
+transaction then queues only what did not get a 2xx: a failure as a retry (attempt
+1, with the backoff) or a dead letter, what was cut off by the budget as due now,
+and the entity's later events behind them. A listener that failed or was slow is
+served from the queue only for ``degraded_for`` seconds. A crash between the POST
+and the commit redelivers the event and POSTs it again: at-least-once, which the
+eventId header lets a listener absorb.
 
 The queue is the runtime's sequenced parking lot (``parked``, see
 :mod:`strowger.store.deadletters`): each subscription is a consumer named
@@ -37,7 +49,7 @@ import socket
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -54,6 +66,7 @@ from strowger.errors import PermanentError, TransientError, is_transient
 from strowger.events.envelope import Envelope, Header, Message, parse_time
 from strowger.store.db import Database, Row, TableSet, Transaction
 from strowger.store.deadletters import PARKED_TABLES, Failure, ParkingLot, Status, now
+from strowger.store.inbox import Inbox
 from strowger.tmf.errors import ApiError
 from strowger.tmf.hubs import (
     HUB_TABLES,
@@ -119,6 +132,9 @@ class DeliveryOptions:
     address_ttl: float = 30.0  # seconds a checked DNS answer is reused
     max_retry_after: float = 3600.0  # cap on a listener's Retry-After
     user_agent: str = "strowger-hub/1"
+    direct: bool = True  # POST fresh events before the fan-out commits; queue only what failed
+    direct_budget: float = 2.0  # seconds a batch's direct POSTs may take; the rest are queued
+    degraded_for: float = 30.0  # seconds a listener that failed or was slow gets only queued deliveries
 
     def __post_init__(self) -> None:
         if self.timeout <= 0 or self.lease <= self.timeout:
@@ -127,6 +143,8 @@ class DeliveryOptions:
             raise ValueError("max_in_flight, per_listener and batch_size must be >= 1")
         if any(delay < 0 for delay in self.backoff) or self.poll_interval <= 0:
             raise ValueError("backoff delays >= 0 and poll_interval > 0")
+        if self.direct_budget <= 0 or self.degraded_for < 0:
+            raise ValueError("direct_budget > 0 and degraded_for >= 0")
 
 
 # --- fan-out -----------------------------------------------------------------------------------
@@ -287,17 +305,22 @@ class HubFanOut:
         postgresql: bool = False,
         wake: Callable[[], None] = lambda: None,
         database: Database | None = None,
+        direct: DeliveryWorker | None = None,
     ) -> None:
         self.routes = tuple(routes)
         self._postgresql = postgresql  # PostgreSQL: the sequence check share-locks the rows ahead
         self._wake = wake
         self._lot = ParkingLot()
+        self._database = database
         self.subscribed = SubscribedTypes(database, self.routes) if database is not None else None
+        # The direct path needs the database to read subscriptions before the transaction.
+        self.direct = direct if direct is not None and direct.options.direct and database else None
 
     def consumer(self, *, backoff: tuple[float, ...] = (1.0, 5.0, 30.0), batch_size: int = 500) -> Consumer:
         """The bus consumer; filtered by subscribed types when every route names the types it carries."""
         topics = tuple(sorted({route.topic for route in self.routes}))
         carried = frozenset(t for route in self.routes for t in route.event_types)
+        prepare = self.prepare if self.direct is not None else None
         if self.subscribed is None or any(not route.event_types for route in self.routes):
             return Consumer(
                 HUB_CONSUMER,
@@ -306,6 +329,7 @@ class HubFanOut:
                 retry_backoff=backoff,
                 batch_size=batch_size,
                 batch_handler=self.fan_out,
+                prepare=prepare,
             )
         return GatedConsumer(
             HUB_CONSUMER,
@@ -314,6 +338,7 @@ class HubFanOut:
             retry_backoff=backoff,
             batch_size=batch_size,
             batch_handler=self.fan_out,
+            prepare=prepare,
             event_types=carried,  # the runtime consults wants() only for a consumer naming its types
             gate=self.subscribed.wants,
         )
@@ -322,16 +347,65 @@ class HubFanOut:
         """One event (the runtime's careful path, after a failed batch)."""
         await self.fan_out([envelope], uow)
 
-    async def fan_out(self, envelopes: Sequence[Envelope], uow: UnitOfWork) -> None:
-        """A batch of events: subscriptions read once per API, blocked entities once per listener."""
-        deliveries = uow.deliveries or (uow.delivery,)
+    async def prepare(self, events: Sequence[tuple[Delivery, Envelope]]) -> DirectOutcomes | None:
+        """The direct path, before the transaction: POST what can go now (see the module docstring).
+
+        Reads (in a snapshot, no lock held during HTTP) which events are new to the hub, the
+        subscriptions and the entities with deliveries queued; a queued entity's events are not
+        sent here, so a listener never gets an entity's events out of order.
+        """
+        direct, database = self.direct, self._database
+        if direct is None or database is None or not direct.ready:
+            return None
+        wanted = self._by_api([(envelope, delivery) for delivery, envelope in events])
+        if not wanted:
+            return None
+        bodies: dict[str, Mapping[str, Any]] = {}  # parsed once per event, kept for the transaction
+        plan: list[tuple[Subscription, str, list[list[tuple[Envelope, Delivery]]]]] = []
+        async with database.snapshot() as tx:
+            ids = list(dict.fromkeys(envelope.event_id for _, envelope in events))
+            seen = await Inbox().seen_many(tx, HUB_CONSUMER, ids, postgresql=self._postgresql)
+            for api, api_events in wanted.items():
+                for subscription in await subscriptions_of(tx, api):
+                    if direct.degraded(subscription.id):
+                        continue
+                    query = _compiled(subscription.query)
+                    matching = [
+                        (envelope, delivery)
+                        for envelope, delivery in api_events
+                        if envelope.event_id not in seen and query.matches(_body(bodies, envelope, delivery))
+                    ]
+                    if not matching:
+                        continue
+                    queue = queue_name(api, subscription.id)
+                    keys = list(dict.fromkeys(envelope.entity_key for envelope, _ in matching))
+                    queued = await self._lot.blocked_keys(tx, queue, keys, postgresql=False)  # no lock
+                    chains: dict[str, list[tuple[Envelope, Delivery]]] = {}
+                    for envelope, delivery in matching:
+                        if envelope.entity_key not in queued:
+                            chains.setdefault(envelope.entity_key, []).append((envelope, delivery))
+                    if chains:
+                        plan.append((subscription, queue, list(chains.values())))
+        return await direct.deliver_now(plan, bodies) if plan else None
+
+    def _by_api(
+        self, events: Iterable[tuple[Envelope, Delivery]]
+    ) -> dict[str, list[tuple[Envelope, Delivery]]]:
         wanted: dict[str, list[tuple[Envelope, Delivery]]] = {}
-        for envelope, delivery in zip(envelopes, deliveries, strict=True):
+        for envelope, delivery in events:
             for api in dict.fromkeys(
                 r.api for r in self.routes if r.carries(delivery.message.topic, envelope.event_type)
             ):
                 wanted.setdefault(api, []).append((envelope, delivery))
-        bodies: dict[str, Mapping[str, Any]] = {}
+        return wanted
+
+    async def fan_out(self, envelopes: Sequence[Envelope], uow: UnitOfWork) -> None:
+        """A batch of events: subscriptions read once per API, blocked entities once per listener."""
+        deliveries = uow.deliveries or (uow.delivery,)
+        wanted = self._by_api(zip(envelopes, deliveries, strict=True))
+        direct = uow.prepared if isinstance(uow.prepared, DirectOutcomes) else None
+        bodies = direct.bodies if direct is not None else {}
+        queued = False
         for api, events in wanted.items():
             for subscription in await subscriptions_of(uow.tx, api):
                 query = _compiled(subscription.query)
@@ -341,27 +415,47 @@ class HubFanOut:
                     if query.matches(_body(bodies, envelope, delivery))
                 ]
                 if matching:
-                    await self._enqueue(uow.tx, queue_name(api, subscription.id), matching)
-        if wanted:
+                    queued |= await self._enqueue(uow.tx, queue_name(api, subscription.id), matching, direct)
+        if queued:
             uow.tx.on_commit(self._wake)
 
     async def _enqueue(
-        self, tx: Transaction, queue: str, events: Sequence[tuple[Envelope, Delivery]]
-    ) -> None:
-        """Park one delivery per event: a head due now, or blocked behind an earlier one of its entity."""
+        self,
+        tx: Transaction,
+        queue: str,
+        events: Sequence[tuple[Envelope, Delivery]],
+        direct: DirectOutcomes | None = None,
+    ) -> bool:
+        """Park one delivery per event not already delivered directly; whether any was parked.
+
+        A head is due now, or carries the direct attempt's failure (a retry with backoff, or
+        dead); an event behind an earlier one of its entity waits blocked.
+        """
+        if direct is not None:
+            events = [(e, d) for e, d in events if (queue, e.event_id) not in direct.delivered]
+            if not events:
+                return False
         keys = list(dict.fromkeys(envelope.entity_key for envelope, _ in events))
         behind = await self._lot.blocked_keys(tx, queue, keys, postgresql=self._postgresql)
+        parked = False
         for envelope, delivery in events:
-            blocked = envelope.entity_key in behind
+            error = direct.failed.get((queue, envelope.event_id)) if direct is not None else None
+            if envelope.entity_key in behind:
+                status, failure, next_at = Status.BLOCKED, None, None
+            elif error is not None:
+                failure = Failure.of(error)
+                status, next_at = direct.after_failure(error, failure) if direct else (Status.DEAD, None)
+            else:
+                status, failure, next_at = Status.RETRYING, None, now()
             await self._lot.park(
-                tx,
-                queue,
-                delivery,
-                entity_key=envelope.entity_key,
-                status=Status.BLOCKED if blocked else Status.RETRYING,
-                next_attempt_at=None if blocked else now(),
-            )
+                tx, queue, delivery, entity_key=envelope.entity_key, status=status, failure=failure,
+                next_attempt_at=next_at,
+            )  # fmt: skip
+            if status is Status.DEAD and direct is not None:
+                tx.on_commit(direct.count_dead)
             behind.add(envelope.entity_key)  # the next event of this entity in the batch waits for it
+            parked = True
+        return parked
 
 
 def _body(cache: dict[str, Mapping[str, Any]], envelope: Envelope, delivery: Delivery) -> Mapping[str, Any]:
@@ -613,6 +707,7 @@ class WebhookSender:
             client = HttpxWebhookClient(options, transport) if transport else AiohttpWebhookClient(options)
         self.client = client
         self._checked: dict[tuple[str, str, int | None], tuple[float, str | None]] = {}
+        self._by_callback: dict[str, tuple[float, str | None]] = {}
 
     async def close(self) -> None:
         await self.client.close()
@@ -642,6 +737,16 @@ class WebhookSender:
 
     async def _address(self, callback: str) -> str | None:
         """The address to connect to (None: the host is a literal one), checked by the guard lately."""
+        known = self._by_callback.get(callback)
+        if known is not None and known[0] > time.monotonic():
+            return known[1]  # the same callback again: no URL parsing per delivery
+        address = await self._address_of(callback)
+        if len(self._by_callback) >= 4096:
+            self._by_callback.clear()  # callbacks of removed subscriptions do not pile up
+        self._by_callback[callback] = (time.monotonic() + self.options.address_ttl, address)
+        return address
+
+    async def _address_of(self, callback: str) -> str | None:
         parts = urlsplit(callback)
         host = parts.hostname or ""
         key = (parts.scheme, host, parts.port)
@@ -896,6 +1001,30 @@ def _pending(row: Row, subscription: Subscription | None) -> PendingDelivery:
     )
 
 
+# --- the direct path ---------------------------------------------------------------------------
+
+
+@dataclass
+class DirectOutcomes:
+    """What the direct path did with one batch, keyed by (queue, event id): delivered, or the error."""
+
+    backoff: tuple[float, ...]
+    stats: DeliveryStats
+    bodies: dict[str, Mapping[str, Any]] = field(default_factory=dict)  # event id → parsed body
+    delivered: set[tuple[str, str]] = field(default_factory=set)
+    failed: dict[tuple[str, str], BaseException] = field(default_factory=dict)
+
+    def after_failure(self, error: BaseException, failure: Failure) -> tuple[Status, float | None]:
+        """How a first attempt that failed is queued: a retry after the backoff, or dead."""
+        if not is_transient(error) or not self.backoff:
+            return Status.DEAD, None
+        retry_after = error.retry_after if isinstance(error, ListenerUnavailable) else None
+        return Status.RETRYING, failure.at + max(self.backoff[0], retry_after or 0.0)
+
+    def count_dead(self) -> None:
+        self.stats.dead += 1
+
+
 # --- the worker --------------------------------------------------------------------------------
 
 
@@ -934,6 +1063,8 @@ class DeliveryWorker:
         self._in_flight: Counter[str] = Counter()
         self._outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
         self._sending: set[asyncio.Task[None]] = set()
+        self._sender: WebhookSender | None = None  # while running: the direct path shares it
+        self._degraded: dict[str, float] = {}  # subscription id → until (monotonic): queue only
 
     def wake(self) -> None:
         """Look for due deliveries now (called when a fan-out commits)."""
@@ -946,9 +1077,11 @@ class DeliveryWorker:
     async def run(self) -> None:
         await self.database.create_tables(PARKED_TABLES, HUB_TABLES, HUB_DELIVERY_TABLES)
         sender = WebhookSender(self.guard, self.options, self._transport)
+        self._sender = sender
         try:
             await self._pump(sender)
         finally:
+            self._sender = None
             for task in self._sending:
                 task.cancel()
             await asyncio.gather(*self._sending, return_exceptions=True)
@@ -984,6 +1117,88 @@ class DeliveryWorker:
                 next_stranded_check = loop.time() + self._stranded_interval
             if self._outcomes.empty():
                 await self._idle(busy=bool(self.in_flight))
+
+    @property
+    def ready(self) -> bool:
+        """Whether the direct path can send now (the worker runs, so its client is open)."""
+        return self._sender is not None and self.options.direct
+
+    def degraded(self, subscription_id: str) -> bool:
+        """Whether the listener failed or was slow lately: its deliveries go through the queue."""
+        until = self._degraded.get(subscription_id)
+        if until is None:
+            return False
+        if until > time.monotonic():
+            return True
+        del self._degraded[subscription_id]
+        return False
+
+    def _degrade(self, subscription_id: str) -> None:
+        self._degraded[subscription_id] = time.monotonic() + self.options.degraded_for
+
+    async def deliver_now(
+        self,
+        plan: Sequence[tuple[Subscription, str, Sequence[Sequence[tuple[Envelope, Delivery]]]]],
+        bodies: dict[str, Mapping[str, Any]] | None = None,
+    ) -> DirectOutcomes:
+        """POST each chain's events in order (one entity's events, first attempts) within the budget.
+
+        ``plan`` is (subscription, queue, chains) per listener; at most ``per_listener`` chains
+        of a listener run at once. A chain stops at its first failure; what the budget cut off
+        (a POST in flight included) has no outcome, so the fan-out queues it, and its listener
+        is marked slow.
+        """
+        outcomes = DirectOutcomes(self.options.backoff, self.stats, bodies if bodies is not None else {})
+        sender = self._sender
+        if sender is None:
+            return outcomes
+        senders: list[tuple[str, asyncio.Task[None]]] = []
+        for subscription, queue, chains in plan:
+            pending = iter(chains)
+            for _ in range(min(self.options.per_listener, len(chains))):
+                task = asyncio.create_task(self._send_chains(sender, subscription, queue, pending, outcomes))
+                senders.append((subscription.id, task))
+        _, late = await asyncio.wait([task for _, task in senders], timeout=self.options.direct_budget)
+        for subscription_id, task in senders:
+            if task in late:
+                task.cancel()
+                self._degrade(subscription_id)
+        if late:
+            await asyncio.gather(*late, return_exceptions=True)
+        return outcomes
+
+    async def _send_chains(
+        self,
+        sender: WebhookSender,
+        subscription: Subscription,
+        queue: str,
+        chains: Iterator[Sequence[tuple[Envelope, Delivery]]],
+        outcomes: DirectOutcomes,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        for chain in chains:  # shared by this listener's senders: each chain is taken once
+            for envelope, delivery in chain:
+                message = delivery.message
+                headers = delivery_headers(message.headers, message.value, subscription.secret, 1)
+                started = loop.time()
+                try:
+                    await sender.send(subscription.callback, message.value, headers)
+                except Exception as exc:  # classified errors, and bugs: queued with the failure
+                    outcomes.failed[(queue, envelope.event_id)] = exc
+                    self.stats.failed += 1
+                    self._degrade(subscription.id)
+                    log.warning(
+                        "hub delivery %s of %s to subscription %s failed (direct attempt): %s",
+                        envelope.event_type,
+                        envelope.entity_key,
+                        subscription.id,
+                        exc,
+                    )
+                    break  # the entity's later events are queued behind this one
+                outcomes.delivered.add((queue, envelope.event_id))
+                self.stats.delivered += 1
+                if self.stats.keep_latencies:
+                    self.stats.latencies.append(loop.time() - started)
 
     def _finished(self) -> list[Outcome]:
         batch: list[Outcome] = []
@@ -1042,6 +1257,7 @@ class DeliveryWorker:
                 self.stats.delivered += 1
             else:
                 self.stats.failed += 1
+                self._degrade(delivery.subscription.id)
                 log.warning(
                     "hub delivery %s of %s to subscription %s failed (attempt %d): %s",
                     delivery.event_type,
@@ -1073,6 +1289,7 @@ def install(
         postgresql=platform.database.kind == "postgresql",
         wake=worker.wake,
         database=platform.database,
+        direct=worker,
     )
     platform.add_tables(PARKED_TABLES, HUB_TABLES, HUB_DELIVERY_TABLES)
     platform.add_consumer(fan_out.consumer(backoff=platform.settings.retry_backoff))
