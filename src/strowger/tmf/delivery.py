@@ -1144,25 +1144,33 @@ class DeliveryWorker:
         """POST each chain's events in order (one entity's events, first attempts) within the budget.
 
         ``plan`` is (subscription, queue, chains) per listener; at most ``per_listener`` chains
-        of a listener run at once. A chain stops at its first failure; what the budget cut off
-        (a POST in flight included) has no outcome, so the fan-out queues it, and its listener
-        is marked slow.
+        of a listener run at once (fewer when many listeners share ``max_in_flight``). A chain
+        stops at its first failure; what the budget cut off (a POST in flight included) has no
+        outcome, so the fan-out queues it. A listener whose POST had then been waiting for half
+        the budget or more is marked slow; one cut off only because the batch was large is not.
         """
         outcomes = DirectOutcomes(self.options.backoff, self.stats, bodies if bodies is not None else {})
         sender = self._sender
-        if sender is None:
+        if sender is None or not plan:
             return outcomes
-        senders: list[tuple[str, asyncio.Task[None]]] = []
+        share = max(1, self.options.max_in_flight // len(plan))
+        senders: list[tuple[str, asyncio.Task[None], list[float]]] = []
         for subscription, queue, chains in plan:
             pending = iter(chains)
-            for _ in range(min(self.options.per_listener, len(chains))):
-                task = asyncio.create_task(self._send_chains(sender, subscription, queue, pending, outcomes))
-                senders.append((subscription.id, task))
-        _, late = await asyncio.wait([task for _, task in senders], timeout=self.options.direct_budget)
-        for subscription_id, task in senders:
+            for _ in range(min(self.options.per_listener, len(chains), share)):
+                posting: list[float] = []  # when this sender's POST in flight started
+                task = asyncio.create_task(
+                    self._send_chains(sender, subscription, queue, pending, outcomes, posting)
+                )
+                senders.append((subscription.id, task, posting))
+        loop = asyncio.get_running_loop()
+        _, late = await asyncio.wait([task for _, task, _ in senders], timeout=self.options.direct_budget)
+        cut = loop.time()
+        for subscription_id, task, posting in senders:
             if task in late:
                 task.cancel()
-                self._degrade(subscription_id)
+                if posting and cut - posting[0] >= self.options.direct_budget / 2:
+                    self._degrade(subscription_id)  # its answer ran late, not just the batch's size
         if late:
             await asyncio.gather(*late, return_exceptions=True)
         return outcomes
@@ -1174,13 +1182,17 @@ class DeliveryWorker:
         queue: str,
         chains: Iterator[Sequence[tuple[Envelope, Delivery]]],
         outcomes: DirectOutcomes,
+        posting: list[float],
     ) -> None:
         loop = asyncio.get_running_loop()
         for chain in chains:  # shared by this listener's senders: each chain is taken once
+            if self.degraded(subscription.id):
+                return  # it failed meanwhile: the rest goes through the queue, not another attempt each
             for envelope, delivery in chain:
                 message = delivery.message
                 headers = delivery_headers(message.headers, message.value, subscription.secret, 1)
                 started = loop.time()
+                posting[:] = [started]
                 try:
                     await sender.send(subscription.callback, message.value, headers)
                 except Exception as exc:  # classified errors, and bugs: queued with the failure
@@ -1195,6 +1207,7 @@ class DeliveryWorker:
                         exc,
                     )
                     break  # the entity's later events are queued behind this one
+                posting.clear()
                 outcomes.delivered.add((queue, envelope.event_id))
                 self.stats.delivered += 1
                 if self.stats.keep_latencies:
