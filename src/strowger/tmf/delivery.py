@@ -369,11 +369,11 @@ class HubFanOut:
                 for subscription in await subscriptions_of(tx, api):
                     if direct.degraded(subscription.id):
                         continue
-                    query = _compiled(subscription.query)
                     matching = [
                         (envelope, delivery)
                         for envelope, delivery in api_events
-                        if envelope.event_id not in seen and query.matches(_body(bodies, envelope, delivery))
+                        if envelope.event_id not in seen
+                        and _wanted_by(subscription.query, envelope, delivery, bodies)
                     ]
                     if not matching:
                         continue
@@ -408,11 +408,10 @@ class HubFanOut:
         queued = False
         for api, events in wanted.items():
             for subscription in await subscriptions_of(uow.tx, api):
-                query = _compiled(subscription.query)
                 matching = [
                     (envelope, delivery)
                     for envelope, delivery in events
-                    if query.matches(_body(bodies, envelope, delivery))
+                    if _wanted_by(subscription.query, envelope, delivery, bodies)
                 ]
                 if matching:
                     queued |= await self._enqueue(uow.tx, queue_name(api, subscription.id), matching, direct)
@@ -456,6 +455,21 @@ class HubFanOut:
             behind.add(envelope.entity_key)  # the next event of this entity in the batch waits for it
             parked = True
         return parked
+
+
+def _wanted_by(
+    query: str, envelope: Envelope, delivery: Delivery, bodies: dict[str, Mapping[str, Any]]
+) -> bool:
+    """Whether the subscription ``query`` takes this event; the body is parsed only if it must be."""
+    compiled = _compiled(query)
+    if _on_event_type_only(query):  # the envelope's type IS the body's eventType (decoded from it)
+        return compiled.matches({"eventType": envelope.event_type})
+    return compiled.matches(_body(bodies, envelope, delivery))
+
+
+@lru_cache(maxsize=4096)
+def _on_event_type_only(query: str) -> bool:
+    return all(condition.path == ("eventType",) for condition in _compiled(query).conditions)
 
 
 def _body(cache: dict[str, Mapping[str, Any]], envelope: Envelope, delivery: Delivery) -> Mapping[str, Any]:
