@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import cast
 
 import httpx
 import pytest
 
 from strowger.components.catalog.api import CATALOG_API
 from strowger.events.envelope import Envelope, encode
+from strowger.store.db import Database
+from strowger.store.deadletters import Failure, Status
 from strowger.tmf.delivery import (
     CORRELATION_ID_HEADER,
     EVENT_ID_HEADER,
     CallbackRefused,
     DeliveryOptions,
+    DeliveryStats,
+    DeliveryWorker,
+    DirectOutcomes,
     HubRoute,
     ListenerRejected,
     ListenerUnavailable,
@@ -118,3 +124,36 @@ def test_options_refuse_a_lease_shorter_than_the_timeout() -> None:
     with pytest.raises(ValueError, match="lease"):
         DeliveryOptions(timeout=30.0, lease=10.0)
     assert ipaddress.ip_address(PUBLIC).is_global
+
+
+def test_options_refuse_a_non_positive_direct_budget() -> None:
+    with pytest.raises(ValueError, match="direct_budget"):
+        DeliveryOptions(direct_budget=0)
+    with pytest.raises(ValueError, match="degraded_for"):
+        DeliveryOptions(degraded_for=-1)
+
+
+def test_a_failed_direct_attempt_is_queued_as_the_worker_would_queue_it() -> None:
+    outcomes = DirectOutcomes((1.0, 5.0), DeliveryStats())
+    busy = ListenerUnavailable("503", status=503, retry_after=30.0)
+    down = ListenerUnavailable("refused")
+    gone = ListenerRejected("410", status=410)
+    failure = Failure.of(down)
+    assert outcomes.after_failure(down, failure) == (Status.RETRYING, failure.at + 1.0)  # backoff[0]
+    failure = Failure.of(busy)
+    assert outcomes.after_failure(busy, failure) == (Status.RETRYING, failure.at + 30.0)  # Retry-After
+    assert outcomes.after_failure(gone, Failure.of(gone)) == (Status.DEAD, None)  # permanent
+    no_retries = DirectOutcomes((), DeliveryStats())
+    assert no_retries.after_failure(down, Failure.of(down)) == (Status.DEAD, None)
+
+
+def test_a_listener_is_degraded_for_a_while_after_a_failure() -> None:
+    guard = CallbackGuard(resolver=public_resolver)
+    worker = DeliveryWorker(cast(Database, None), guard, DeliveryOptions(degraded_for=30.0))
+    assert not worker.degraded("sub-1")
+    worker._degrade("sub-1")
+    assert worker.degraded("sub-1") and not worker.degraded("sub-2")
+    brief = DeliveryWorker(cast(Database, None), guard, DeliveryOptions(degraded_for=0.0))
+    brief._degrade("sub-1")
+    assert not brief.degraded("sub-1")  # degraded_for 0: never served from the queue only
+    assert not worker.ready  # not running: the fan-out queues everything
