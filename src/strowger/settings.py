@@ -105,6 +105,12 @@ class Settings(BaseSettings):
     sample_catalog: bool = True
     # Webhook callbacks to these networks are allowed despite the SSRF guard.
     hub_allowed_networks: tuple[str, ...] = ()
+    # Hub webhooks POSTed straight from the fan-out, only failures queued (docs/tmf-apis.md,
+    # "Hub delivery"); false: every delivery goes through the queue (no duplicate from a
+    # commit that fails after a 2xx, at the cost of a queued row per delivery).
+    hub_direct_delivery: bool = True
+    # Seconds a batch's direct POSTs may take before the rest is queued.
+    hub_direct_budget: float = Field(2.0, gt=0, le=60)
 
     @field_validator("database_url")
     @classmethod

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,16 +23,19 @@ import pytest
 import uvicorn
 from fastapi import FastAPI, Request, Response
 
+from strowger.bootstrap import bootstrap
 from strowger.bus.embedded import EmbeddedBus
-from strowger.bus.runtime import ConsumerRunner
+from strowger.bus.runtime import Consumer, ConsumerRunner
 from strowger.events.envelope import Category, Envelope, encode, format_time
 from strowger.events.topics import Topic
+from strowger.settings import Settings
 from strowger.store.db import Database
 from strowger.store.deadletters import PARKED_TABLES, DeadLetterFilter, DeadLetterQueue
 from strowger.store.inbox import INBOX_TABLES
 from strowger.store.outbox import OUTBOX_TABLES, Outbox, OutboxRelay
 from strowger.tmf.delivery import (
     EVENT_ID_HEADER,
+    HUB_CONSUMER,
     HUB_DELIVERY_TABLES,
     AiohttpWebhookClient,
     DeliveryOptions,
@@ -613,3 +617,13 @@ class TestHttpxWebhookClient(WebhookClientContract):
     @pytest.fixture
     def client(self) -> WebhookClient:
         return HttpxWebhookClient(self.options)
+
+
+def test_the_platform_wires_the_direct_path_as_its_settings_say(tmp_path: Path) -> None:
+    def hub_consumer(settings: Settings) -> Consumer:
+        platform = bootstrap(settings)
+        return next(runner.consumer for runner in platform.runners if runner.consumer.name == HUB_CONSUMER)
+
+    url = f"sqlite:///{tmp_path}/strowger.db"
+    assert hub_consumer(Settings(database_url=url)).prepare is not None  # on by default
+    assert hub_consumer(Settings(database_url=url, hub_direct_delivery=False)).prepare is None

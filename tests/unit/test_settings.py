@@ -130,6 +130,7 @@ def test_fulfilment_settings_reach_the_saga_definition(monkeypatch: pytest.Monke
     [
         "STROWGER_FULFILMENT_ACTION_ATTEMPTS",  # a component's section, read by bootstrap
         "STROWGER_SECURITY_MAX_BODY_BYTES",  # the security section, read by the run command
+        "STROWGER_HUB_DIRECT_BUDGET",  # the platform's own settings
     ],
 )
 def test_a_bad_component_setting_stops_the_run_command_in_one_line(variable: str) -> None:

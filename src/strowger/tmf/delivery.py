@@ -50,7 +50,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -1308,7 +1308,9 @@ def install(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> DeliveryWorker:
     """Deliver the events of ``apis`` to their hub subscribers: the fan-out consumer and the worker."""
-    guard = CallbackGuard.from_settings(platform.settings.hub_allowed_networks)
+    settings = platform.settings
+    options = replace(options, direct=settings.hub_direct_delivery, direct_budget=settings.hub_direct_budget)
+    guard = CallbackGuard.from_settings(settings.hub_allowed_networks)
     worker = DeliveryWorker(platform.database, guard, options, transport=transport)
     routes = [*(HubRoute.of(api) for api in apis), *extra_routes]
     fan_out = HubFanOut(
