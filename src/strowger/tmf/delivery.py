@@ -149,6 +149,9 @@ class DeliveryOptions:
 
 # --- fan-out -----------------------------------------------------------------------------------
 
+Chain = list[tuple[Envelope, Delivery]]  # one entity's events for one listener, in order
+DirectPlan = list[tuple[Subscription, str, list[Chain]]]  # (subscription, its queue, chains)
+
 
 @dataclass(frozen=True, slots=True)
 class HubRoute:
@@ -361,32 +364,36 @@ class HubFanOut:
         if not wanted:
             return None
         bodies: dict[str, Mapping[str, Any]] = {}  # parsed once per event, kept for the transaction
-        plan: list[tuple[Subscription, str, list[list[tuple[Envelope, Delivery]]]]] = []
         async with database.snapshot() as tx:
             ids = list(dict.fromkeys(envelope.event_id for _, envelope in events))
             seen = await Inbox().seen_many(tx, HUB_CONSUMER, ids, postgresql=self._postgresql)
+            plan: DirectPlan = []
             for api, api_events in wanted.items():
                 for subscription in await subscriptions_of(tx, api):
                     if direct.degraded(subscription.id):
                         continue
-                    matching = [
+                    fresh = [
                         (envelope, delivery)
                         for envelope, delivery in api_events
                         if envelope.event_id not in seen
                         and _wanted_by(subscription.query, envelope, delivery, bodies)
                     ]
-                    if not matching:
-                        continue
                     queue = queue_name(api, subscription.id)
-                    keys = list(dict.fromkeys(envelope.entity_key for envelope, _ in matching))
-                    queued = await self._lot.blocked_keys(tx, queue, keys, postgresql=False)  # no lock
-                    chains: dict[str, list[tuple[Envelope, Delivery]]] = {}
-                    for envelope, delivery in matching:
-                        if envelope.entity_key not in queued:
-                            chains.setdefault(envelope.entity_key, []).append((envelope, delivery))
-                    if chains:
-                        plan.append((subscription, queue, list(chains.values())))
+                    if fresh and (chains := await self._sendable_chains(tx, queue, fresh)):
+                        plan.append((subscription, queue, chains))
         return await direct.deliver_now(plan, bodies) if plan else None
+
+    async def _sendable_chains(
+        self, tx: Transaction, queue: str, events: Sequence[tuple[Envelope, Delivery]]
+    ) -> list[Chain]:
+        """The events to send now, as one chain per entity; none of an entity with deliveries queued."""
+        keys = list(dict.fromkeys(envelope.entity_key for envelope, _ in events))
+        queued = await self._lot.blocked_keys(tx, queue, keys, postgresql=False)  # a snapshot: no lock
+        chains: dict[str, Chain] = {}
+        for envelope, delivery in events:
+            if envelope.entity_key not in queued:
+                chains.setdefault(envelope.entity_key, []).append((envelope, delivery))
+        return list(chains.values())
 
     def _by_api(
         self, events: Iterable[tuple[Envelope, Delivery]]
@@ -1152,7 +1159,7 @@ class DeliveryWorker:
 
     async def deliver_now(
         self,
-        plan: Sequence[tuple[Subscription, str, Sequence[Sequence[tuple[Envelope, Delivery]]]]],
+        plan: DirectPlan,
         bodies: dict[str, Mapping[str, Any]] | None = None,
     ) -> DirectOutcomes:
         """POST each chain's events in order (one entity's events, first attempts) within the budget.
@@ -1194,7 +1201,7 @@ class DeliveryWorker:
         sender: WebhookSender,
         subscription: Subscription,
         queue: str,
-        chains: Iterator[Sequence[tuple[Envelope, Delivery]]],
+        chains: Iterator[Chain],
         outcomes: DirectOutcomes,
         posting: list[float],
     ) -> None:
