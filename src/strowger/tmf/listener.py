@@ -42,13 +42,13 @@ from strowger.tmf.errors import (
     ApiError,
     BadRequest,
     JsonResponse,
-    PayloadTooLarge,
     ResourceNotFound,
     TmfRoute,
     UnsupportedMediaType,
 )
 from strowger.tmf.hubs import SIGNATURE_HEADER, verify
 from strowger.tmf.resources import EventSink, TableGuard
+from strowger.tmf.router import read_limited
 
 if TYPE_CHECKING:
     from strowger.bootstrap import Platform
@@ -133,16 +133,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     media_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if media_type not in ("application/json", ""):
         raise UnsupportedMediaType(f"expected application/json, got {media_type!r}")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the body may be at most {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the body may be at most {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_limited(request, limit)
 
 
 def listener_router(receiver: NotificationReceiver, *, max_body_bytes: int = 1 << 20) -> APIRouter:

@@ -40,11 +40,8 @@ def tmf_router(api: TmfApi, database: Database, sink: EventSink, guard: Callback
     return router
 
 
-async def read_json(request: Request, limit: int, media_types: tuple[str, ...] = (JSON,)) -> tuple[Any, str]:
-    """The parsed body and its media type; 413, 415 or 400 (naming the problem) otherwise."""
-    media_type = request.headers.get("content-type", JSON).split(";")[0].strip().lower() or JSON
-    if media_type not in media_types:
-        raise UnsupportedMediaType(f"expected {' or '.join(media_types)}, got {media_type!r}")
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The raw body, at most ``limit`` bytes (declared or streamed); 413 otherwise."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"the body may be at most {limit} bytes")
@@ -54,7 +51,15 @@ async def read_json(request: Request, limit: int, media_types: tuple[str, ...] =
         if size > limit:
             raise PayloadTooLarge(f"the body may be at most {limit} bytes")
         chunks.append(chunk)
-    body = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, limit: int, media_types: tuple[str, ...] = (JSON,)) -> tuple[Any, str]:
+    """The parsed body and its media type; 413, 415 or 400 (naming the problem) otherwise."""
+    media_type = request.headers.get("content-type", JSON).split(";")[0].strip().lower() or JSON
+    if media_type not in media_types:
+        raise UnsupportedMediaType(f"expected {' or '.join(media_types)}, got {media_type!r}")
+    body = await read_limited(request, limit)
     parsed = parsed_json(request.scope, body)  # the input-limit middleware's parse of these bytes
     if parsed is not None:
         return parsed[0], media_type
