@@ -59,7 +59,10 @@ def component(name: str, *, ready: bool = True) -> Starlette:
             "apiKey": request.headers.get("x-api-key"),
             "correlation": request.headers.get("x-correlation-id"),
             "body": (await request.body()).decode(),
+            "cookie": request.headers.get("cookie"),
         }
+        if request.url.query == "set-cookie":
+            return JSONResponse(body, headers={"Set-Cookie": f"session={name}; Path=/"})
         if request.method == "POST":
             return JSONResponse(body, status_code=201, headers={"Location": f"{request.url.path}/42"})
         return JSONResponse(body)
@@ -108,9 +111,19 @@ async def test_routes_by_path_and_forwards_request_and_answer_unchanged(gateway:
         "apiKey": "secret",
         "correlation": "corr-1",
         "body": '{"a": 1}',
+        "cookie": None,
     }
     sagas = await gateway.get(f"{SAGAS}/abc")
     assert sagas.status_code == 200 and sagas.json()["instance"] in ("som-1", "som-2")
+
+
+async def test_a_cookie_reaches_its_caller_and_is_not_kept_for_others(gateway: httpx.AsyncClient) -> None:
+    first = await gateway.get(f"{ORDERS}?set-cookie")
+    assert first.headers["set-cookie"] == "session=ordering; Path=/"
+    gateway.cookies.clear()  # this caller kept it; a different caller has no cookie
+    assert (await gateway.get(ORDERS)).json()["cookie"] is None
+    own = await gateway.get(ORDERS, headers={"Cookie": "mine=1"})
+    assert own.json()["cookie"] == "mine=1"  # a caller's own cookie still goes through
 
 
 async def test_round_robin_over_instances(gateway: httpx.AsyncClient) -> None:

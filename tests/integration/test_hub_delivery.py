@@ -558,6 +558,18 @@ class WebhookClientContract:
         assert (answer.status, answer.reason, answer.retry_after) == (503, "Service Unavailable", "7")
         assert answer.text == "slow down"
 
+    @pytest.mark.parametrize("host", ["127.0.0.1", "hooks.invalid"])
+    async def test_a_cookie_set_by_a_listener_is_never_sent_back(
+        self, http: WebhookClient, listener: RealListener, host: str
+    ) -> None:
+        # One client serves every subscription: a cookie kept from one listener would ride
+        # along on deliveries to another subscription's callback on the same host.
+        listener.answers["/sets"] = Response(status_code=204, headers={"Set-Cookie": "session=abc; Path=/"})
+        for path in ("/sets", "/other"):
+            await http.post(f"http://{host}:{listener.port}{path}", "127.0.0.1", b"{}", {})
+        (received,) = listener.at("/other")
+        assert "cookie" not in received.headers
+
     async def test_a_redirect_is_not_followed(self, http: WebhookClient, listener: RealListener) -> None:
         listener.answers["/moved"] = Response(
             status_code=302, headers={"Location": listener.url("/elsewhere")}

@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from strowger.components.registry import COMPONENTS
+from strowger.security.cookies import no_cookie_jar
 from strowger.tmf.errors import error_body
 
 PROBE_INTERVAL = 1.0  # seconds between two /ready probes of an instance
@@ -99,7 +100,9 @@ def create_gateway(instances: Mapping[str, Sequence[str]]) -> Starlette:
     backends = Backends(instances)
     routes = catalogue_routes()
     client = httpx.AsyncClient(
-        timeout=httpx.Timeout(60.0, connect=2.0), limits=httpx.Limits(max_connections=200)
+        timeout=httpx.Timeout(60.0, connect=2.0),
+        limits=httpx.Limits(max_connections=200),
+        cookies=no_cookie_jar(),  # Set-Cookie goes to the caller, never into this shared client
     )
 
     @asynccontextmanager

@@ -64,6 +64,7 @@ from strowger.bus.port import Delivery
 from strowger.bus.runtime import Consumer, UnitOfWork
 from strowger.errors import PermanentError, TransientError, is_transient
 from strowger.events.envelope import Envelope, Header, Message, parse_time
+from strowger.security.cookies import no_cookie_jar
 from strowger.store.db import Database, Row, TableSet, Transaction
 from strowger.store.deadletters import PARKED_TABLES, Failure, ParkingLot, Status, now
 from strowger.store.inbox import Inbox
@@ -565,6 +566,7 @@ class HttpxWebhookClient(WebhookClient):
             timeout=httpx.Timeout(options.timeout),
             follow_redirects=False,
             trust_env=False,
+            cookies=no_cookie_jar(),
         )
 
     async def close(self) -> None:
@@ -665,6 +667,7 @@ class AiohttpWebhookClient(WebhookClient):
             trust_env=False,
             auto_decompress=False,
             skip_auto_headers=("Accept-Encoding",),
+            cookie_jar=aiohttp.DummyCookieJar(),  # as no_cookie_jar, for aiohttp
         )
 
     async def close(self) -> None:
