@@ -337,6 +337,24 @@ async def test_outage_waits_then_delivers_in_order(hub: Hub, listener: RealListe
     assert hub.worker.stats.dead == 0
 
 
+async def test_an_unsubscribed_listener_gets_nothing_of_its_backlog(hub: Hub, listener: RealListener) -> None:
+    gone = await hub.store.add(listener.url("/gone"))
+    await hub.store.add(listener.url("/stays"))
+    listener.status["/gone"] = 503  # its backlog builds up in the queue
+    await hub.publish(*[order_event("o6", "acknowledged", seq) for seq in range(4)])
+    await wait_until(lambda: len(listener.at("/stays")) == 4, "the other subscription's events")
+    await wait_until(lambda: hub.worker.stats.failed >= 1, "a failed attempt to the doomed listener")
+    attempts = len(listener.at("/gone"))
+
+    assert await hub.store.remove(gone.id)
+    listener.status["/gone"] = 204
+    await wait_until(lambda: hub.worker.stats.dropped >= 1, "the removed subscription's queue dropped")
+    await hub.publish(order_event("o6", "inProgress", 4))
+    await wait_until(lambda: len(listener.at("/stays")) == 5, "the next event to the remaining subscription")
+    assert len(listener.at("/gone")) == attempts  # nothing more after the DELETE, nothing dead-lettered
+    assert hub.worker.stats.dead == 0
+
+
 async def test_failing_listener_does_not_block_others_and_dead_letters(
     hub: Hub, listener: RealListener
 ) -> None:
