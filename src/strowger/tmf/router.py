@@ -12,7 +12,6 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
-from fastapi.openapi.utils import get_openapi
 
 from strowger.security.limits import parsed_json
 from strowger.store.db import Database
@@ -22,12 +21,12 @@ from strowger.tmf.errors import (
     PayloadTooLarge,
     TmfRoute,
     UnsupportedMediaType,
-    error_body,
 )
 from strowger.tmf.hubs import CallbackGuard, HubStore, subscription_from_body, subscription_not_found
+from strowger.tmf.openapi import errors, hub_docs, listener_docs, openapi_document, operation_docs
 from strowger.tmf.patch import JSON, PATCH_MEDIA_TYPES
 from strowger.tmf.query import ResourceQuery, parse_fields, parse_query, select_fields
-from strowger.tmf.resources import EventSink, Operation, ResourceService, ResourceType, TmfApi
+from strowger.tmf.resources import EventSink, Operation, ResourceService, TmfApi
 
 
 def tmf_router(api: TmfApi, database: Database, sink: EventSink, guard: CallbackGuard) -> APIRouter:
@@ -35,7 +34,7 @@ def tmf_router(api: TmfApi, database: Database, sink: EventSink, guard: Callback
     router = APIRouter(prefix=api.base_path, route_class=TmfRoute, default_response_class=JsonResponse)
     for resource in api.resources:
         _add_resource_routes(router, ResourceService(api, resource, database, sink))
-    _add_hub_routes(router, api, HubStore(database, api.name), guard)
+    add_hub_routes(router, api.base_path, HubStore(database, api.name), guard, api.max_body_bytes)
     _add_openapi_route(router, api)
     return router
 
@@ -136,29 +135,21 @@ def _add_resource_routes(router: APIRouter, service: ResourceService) -> None:
             return Response(status_code=204)
 
 
-def _add_hub_routes(router: APIRouter, api: TmfApi, store: HubStore, guard: CallbackGuard) -> None:
-    docs = hub_docs()
+def add_hub_routes(
+    router: APIRouter, base_path: str, store: HubStore, guard: CallbackGuard, max_body_bytes: int
+) -> None:
+    """The TMF hub under ``router``: ``POST /hub`` (201 and Location), ``GET`` and ``DELETE /hub/{id}``."""
+    tag = "events subscription"
 
-    @router.post(
-        "/hub",
-        tags=["events subscription"],
-        summary="Register a listener",
-        openapi_extra=docs,
-        status_code=201,
-    )
+    @router.post("/hub", tags=[tag], summary="Register a listener", status_code=201, openapi_extra=hub_docs())
     async def register_listener(request: Request) -> Response:
-        body, _ = await read_json(request, api.max_body_bytes)
+        body, _ = await read_json(request, max_body_bytes)
         callback, query, secret = await subscription_from_body(body, guard)
         subscription = await store.add(callback, query, secret)
-        location = f"{api.base_path}/hub/{subscription.id}"
-        return JsonResponse(subscription.to_tmf(), status_code=201, headers={"Location": location})
+        headers = {"Location": f"{base_path}/hub/{subscription.id}"}
+        return JsonResponse(subscription.to_tmf(), status_code=201, headers=headers)
 
-    @router.get(
-        "/hub/{id}",
-        tags=["events subscription"],
-        summary="Retrieve a listener",
-        openapi_extra=listener_docs(),
-    )
+    @router.get("/hub/{id}", tags=[tag], summary="Retrieve a listener", openapi_extra=listener_docs())
     async def get_listener(id: str) -> Response:
         subscription = await store.get(id)
         if subscription is None:
@@ -166,7 +157,11 @@ def _add_hub_routes(router: APIRouter, api: TmfApi, store: HubStore, guard: Call
         return JsonResponse(subscription.to_tmf())
 
     @router.delete(
-        "/hub/{id}", tags=["events subscription"], summary="Unregister a listener", status_code=204
+        "/hub/{id}",
+        tags=[tag],
+        summary="Unregister a listener",
+        status_code=204,
+        openapi_extra={"responses": errors(404)},
     )
     async def unregister_listener(id: str) -> Response:
         if not await store.remove(id):
@@ -177,96 +172,4 @@ def _add_hub_routes(router: APIRouter, api: TmfApi, store: HubStore, guard: Call
 def _add_openapi_route(router: APIRouter, api: TmfApi) -> None:
     @router.get("/openapi.json", include_in_schema=False)
     async def openapi() -> Response:
-        routes = [route for route in router.routes if getattr(route, "include_in_schema", False)]
-        document = get_openapi(title=api.title, version=api.version, routes=routes)
-        components = document.setdefault("components", {})
-        components.setdefault("schemas", {}).update(api.schemas)
-        components["schemas"].setdefault("Error", _ERROR_SCHEMA)
-        return JsonResponse(document)
-
-
-# --- OpenAPI descriptions (bodies are parsed by hand, so they are declared here) ----------------
-
-_ERROR_SCHEMA = {
-    "type": "object",
-    "required": ["code", "reason"],
-    "properties": {name: {"type": "string"} for name in ("code", "reason", "message", "status", "@type")},
-    "example": error_body(404, "notFound", "Resource not found", "no productOffering with id 'x'"),
-}
-_QUERY_PARAMETERS = [
-    {
-        "name": "fields",
-        "in": "query",
-        "schema": {"type": "string"},
-        "description": "Comma-separated properties",
-    },
-    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-    {"name": "sort", "in": "query", "schema": {"type": "string"}, "description": "e.g. name,-lastUpdate"},
-]
-
-
-def _ref(name: str) -> dict[str, Any]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _errors(*statuses: int) -> dict[str, Any]:
-    return {
-        str(status): {"description": "Error", "content": {"application/json": {"schema": _ref("Error")}}}
-        for status in statuses
-    }
-
-
-def operation_docs(resource: ResourceType) -> dict[str, dict[str, Any]]:
-    schema = resource.schema_name or resource.type_name
-    one = {"application/json": {"schema": _ref(schema)}}
-    return {
-        "list": {
-            "parameters": _QUERY_PARAMETERS,
-            "responses": {
-                "200": {"content": {"application/json": {"schema": {"type": "array", "items": _ref(schema)}}}}
-            }
-            | _errors(400),
-        },
-        "create": {
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": _ref(f"{schema}_Create")}},
-            },
-            "responses": {"201": {"description": "Created", "content": one}} | _errors(400, 413, 415),
-        },
-        "get": {"parameters": _QUERY_PARAMETERS[:1], "responses": {"200": {"content": one}} | _errors(404)},
-        "patch": {
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/merge-patch+json": {"schema": _ref(f"{schema}_Update")},
-                    "application/json": {"schema": _ref(f"{schema}_Update")},
-                    "application/json-patch+json": {"schema": {"type": "array", "items": {"type": "object"}}},
-                },
-            },
-            "responses": {"200": {"content": one}} | _errors(400, 404, 409, 413, 415),
-        },
-    }
-
-
-def listener_docs() -> dict[str, Any]:
-    """GET of one listener: the EventSubscription, or 404."""
-    subscription = {"application/json": {"schema": _ref("EventSubscription")}}
-    return {"responses": {"200": {"description": "Listener", "content": subscription}} | _errors(404)}
-
-
-def hub_docs() -> dict[str, Any]:
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": _ref("EventSubscriptionInput")}},
-        },
-        "responses": {
-            "201": {
-                "description": "Subscribed",
-                "content": {"application/json": {"schema": _ref("EventSubscription")}},
-            }
-        }
-        | _errors(400),
-    }
+        return JsonResponse(openapi_document(api.title, api.version, router.routes, api.schemas))

@@ -34,6 +34,7 @@ from strowger.events.topics import ALL_TOPICS, SYSTEM_EVENTS
 from strowger.store.db import Database
 from strowger.tmf.errors import BadRequest, JsonResponse, ResourceNotFound
 from strowger.tmf.hubs import CallbackGuard, HubStore, subscription_from_body, subscription_not_found
+from strowger.tmf.openapi import hub_docs, operation_docs
 from strowger.tmf.query import Page, ResourceQuery, parse_fields, parse_query, select_fields
 from strowger.tmf.resources import (
     Document,
@@ -48,7 +49,7 @@ from strowger.tmf.resources import (
     openapi_schemas,
     spec_validator,
 )
-from strowger.tmf.router import hub_docs, operation_docs, read_json, tmf_router
+from strowger.tmf.router import read_json, tmf_router
 
 BASE_PATH = "/tmf-api/event/v4"
 _SCHEMA_FILE = "tmf688-v4.0.0-schemas.json"

@@ -25,9 +25,9 @@ from starlette.routing import BaseRoute, Route
 
 from strowger.components.inventory.api import PRODUCT_INVENTORY_API
 from strowger.tmf.errors import BadRequest, JsonResponse, TmfRoute
+from strowger.tmf.openapi import operation_docs
 from strowger.tmf.query import parse_fields, parse_query, select_fields
 from strowger.tmf.resources import ResourceService
-from strowger.tmf.router import operation_docs
 
 AS_OF = "asOf"
 

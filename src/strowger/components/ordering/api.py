@@ -27,7 +27,6 @@ from importlib.resources import files
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.openapi.utils import get_openapi
 
 from strowger.components.ordering.aggregate import InvalidOrder, ReadOnlyAttribute
 from strowger.components.ordering.service import OrderingService
@@ -35,10 +34,19 @@ from strowger.components.ordering.states import UnknownState
 from strowger.errors import NotFound
 from strowger.store.db import Database
 from strowger.tmf.errors import BadRequest, JsonResponse, TmfRoute
-from strowger.tmf.hubs import CallbackGuard, HubStore, subscription_from_body, subscription_not_found
+from strowger.tmf.hubs import CallbackGuard, HubStore
+from strowger.tmf.openapi import (
+    ERROR_SCHEMA,
+    create_docs,
+    errors,
+    get_docs,
+    list_docs,
+    openapi_document,
+    patch_docs,
+)
 from strowger.tmf.patch import PATCH_MEDIA_TYPES, apply_patch
 from strowger.tmf.query import Page, parse_fields, parse_query, select_fields
-from strowger.tmf.router import hub_docs, listener_docs, read_json
+from strowger.tmf.router import add_hub_routes, read_json
 from strowger.tmf.tasks import cancelled_order, unknown_order
 
 API_NAME = "productOrderingManagement"
@@ -86,7 +94,9 @@ def ordering_router(
     router = APIRouter(prefix=service.base_path, route_class=TmfRoute, default_response_class=JsonResponse)
     _order_routes(router, service)
     _cancel_routes(router, service)
-    _hub_routes(router, service.base_path, HubStore(database, API_NAME), guard or CallbackGuard())
+    add_hub_routes(
+        router, service.base_path, HubStore(database, API_NAME), guard or CallbackGuard(), MAX_BODY_BYTES
+    )
     _openapi_route(router)
     return router
 
@@ -114,7 +124,7 @@ def _order_routes(router: APIRouter, service: OrderingService) -> None:
         tags=[tag],
         summary="Create a ProductOrder",
         status_code=201,
-        openapi_extra=_create_docs("ProductOrder"),
+        openapi_extra=create_docs("ProductOrder"),
     )
     async def create_order(request: Request) -> Response:
         body, _ = await read_json(request, MAX_BODY_BYTES)
@@ -126,7 +136,7 @@ def _order_routes(router: APIRouter, service: OrderingService) -> None:
         "/productOrder",
         tags=[tag],
         summary="List or find ProductOrder objects",
-        openapi_extra=_list_docs("ProductOrder"),
+        openapi_extra=list_docs("ProductOrder"),
     )
     async def list_orders(request: Request) -> Response:
         return _page(await service.list(parse_query(_query(request))))
@@ -135,7 +145,7 @@ def _order_routes(router: APIRouter, service: OrderingService) -> None:
         "/productOrder/{id}",
         tags=[tag],
         summary="Retrieve a ProductOrder, optionally asOf a time",
-        openapi_extra=_get_docs("ProductOrder", as_of=True),
+        openapi_extra=get_docs("ProductOrder", as_of=True),
     )
     async def get_order(id: str, request: Request) -> Response:
         as_of = parse_as_of(request.query_params.get("asOf"))
@@ -147,7 +157,7 @@ def _order_routes(router: APIRouter, service: OrderingService) -> None:
         "/productOrder/{id}",
         tags=[tag],
         summary="Update a ProductOrder",
-        openapi_extra=_patch_docs("ProductOrder"),
+        openapi_extra=patch_docs("ProductOrder"),
     )
     async def patch_order(id: str, request: Request) -> Response:
         body, media_type = await read_json(request, MAX_BODY_BYTES, PATCH_MEDIA_TYPES)
@@ -160,7 +170,7 @@ def _order_routes(router: APIRouter, service: OrderingService) -> None:
         tags=[tag],
         summary="Delete a finished ProductOrder",
         status_code=204,
-        openapi_extra={"responses": _errors(404, 409)},
+        openapi_extra={"responses": errors(404, 409)},
     )
     async def delete_order(id: str) -> Response:
         await service.delete(id)
@@ -175,7 +185,7 @@ def _cancel_routes(router: APIRouter, service: OrderingService) -> None:
         tags=[tag],
         summary="Create a CancelProductOrder",
         status_code=201,
-        openapi_extra=_create_docs("CancelProductOrder"),
+        openapi_extra=create_docs("CancelProductOrder"),
     )
     async def create_cancel(request: Request) -> Response:
         body = _object((await read_json(request, MAX_BODY_BYTES))[0])
@@ -190,7 +200,7 @@ def _cancel_routes(router: APIRouter, service: OrderingService) -> None:
         "/cancelProductOrder",
         tags=[tag],
         summary="List or find CancelProductOrder objects",
-        openapi_extra=_list_docs("CancelProductOrder"),
+        openapi_extra=list_docs("CancelProductOrder"),
     )
     async def list_cancels(request: Request) -> Response:
         return _page(await service.list_tasks(parse_query(_query(request))))
@@ -199,43 +209,12 @@ def _cancel_routes(router: APIRouter, service: OrderingService) -> None:
         "/cancelProductOrder/{id}",
         tags=[tag],
         summary="Retrieve a CancelProductOrder, optionally asOf a time",
-        openapi_extra=_get_docs("CancelProductOrder", as_of=True),
+        openapi_extra=get_docs("CancelProductOrder", as_of=True),
     )
     async def get_cancel(id: str, request: Request) -> Response:
         fields = request.query_params.get("fields")
         task = await service.get_task(id, as_of=parse_as_of(request.query_params.get("asOf")))
         return JsonResponse(select_fields(task, parse_fields(fields) if fields is not None else None))
-
-
-def _hub_routes(router: APIRouter, base_path: str, store: HubStore, guard: CallbackGuard) -> None:
-    tag = "events subscription"
-
-    @router.post("/hub", tags=[tag], summary="Register a listener", status_code=201, openapi_extra=hub_docs())
-    async def register_listener(request: Request) -> Response:
-        body, _ = await read_json(request, MAX_BODY_BYTES)
-        callback, query, secret = await subscription_from_body(body, guard)
-        subscription = await store.add(callback, query, secret)
-        headers = {"Location": f"{base_path}/hub/{subscription.id}"}
-        return JsonResponse(subscription.to_tmf(), status_code=201, headers=headers)
-
-    @router.get("/hub/{id}", tags=[tag], summary="Retrieve a listener", openapi_extra=listener_docs())
-    async def get_listener(id: str) -> Response:
-        subscription = await store.get(id)
-        if subscription is None:
-            raise subscription_not_found(id)
-        return JsonResponse(subscription.to_tmf())
-
-    @router.delete(
-        "/hub/{id}",
-        tags=[tag],
-        summary="Unregister a listener",
-        status_code=204,
-        openapi_extra={"responses": _errors(404)},
-    )
-    async def unregister_listener(id: str) -> Response:
-        if not await store.remove(id):
-            raise subscription_not_found(id)
-        return Response(status_code=204)
 
 
 # --- the OpenAPI document (bodies are parsed by hand, so they are declared here) --------------
@@ -249,87 +228,11 @@ def openapi_schemas() -> Mapping[str, Any]:
     schemas: dict[str, Any] = json.loads(
         json.dumps(definitions).replace("#/definitions/", "#/components/schemas/")
     )
-    schemas["Error"] = _ERROR_SCHEMA
+    schemas["Error"] = ERROR_SCHEMA
     return schemas
 
 
 def _openapi_route(router: APIRouter) -> None:
     @router.get("/openapi.json", include_in_schema=False)
     async def openapi() -> Response:
-        routes = [route for route in router.routes if getattr(route, "include_in_schema", False)]
-        document = get_openapi(title=API_TITLE, version=API_VERSION, routes=routes)
-        document.setdefault("components", {}).setdefault("schemas", {}).update(openapi_schemas())
-        return JsonResponse(document)
-
-
-_ERROR_SCHEMA = {
-    "type": "object",
-    "required": ["code", "reason"],
-    "properties": {name: {"type": "string"} for name in ("code", "reason", "message", "status", "@type")},
-}
-_FIELDS = {
-    "name": "fields",
-    "in": "query",
-    "schema": {"type": "string"},
-    "description": "Comma-separated properties",
-}
-_PAGE = [
-    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-]
-_AS_OF = {
-    "name": "asOf",
-    "in": "query",
-    "schema": {"type": "string", "format": "date-time"},
-    "description": "The resource as it was at this RFC 3339 date-time (replayed from its events)",
-}
-_PATCH_TYPES = ("application/merge-patch+json", "application/json")
-
-
-def _ref(name: str) -> dict[str, Any]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _errors(*statuses: int) -> dict[str, Any]:
-    return {
-        str(status): {"description": "Error", "content": {"application/json": {"schema": _ref("Error")}}}
-        for status in statuses
-    }
-
-
-def _one(schema: str, description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
-
-
-def _create_docs(schema: str) -> dict[str, Any]:
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": _ref(f"{schema}_Create")}},
-        },
-        "responses": {"201": _one(schema, "Created")} | _errors(400, 413, 415),
-    }
-
-
-def _list_docs(schema: str) -> dict[str, Any]:
-    many = {"application/json": {"schema": {"type": "array", "items": _ref(schema)}}}
-    return {
-        "parameters": [_FIELDS, *_PAGE],
-        "responses": {"200": {"description": "Success", "content": many}} | _errors(400),
-    }
-
-
-def _get_docs(schema: str, *, as_of: bool = False) -> dict[str, Any]:
-    return {
-        "parameters": [_FIELDS, _AS_OF] if as_of else [_FIELDS],
-        "responses": {"200": _one(schema, "Success")} | _errors(400, 404),
-    }
-
-
-def _patch_docs(schema: str) -> dict[str, Any]:
-    content = {media_type: {"schema": _ref(f"{schema}_Update")} for media_type in _PATCH_TYPES}
-    content["application/json-patch+json"] = {"schema": {"type": "array", "items": {"type": "object"}}}
-    return {
-        "requestBody": {"required": True, "content": content},
-        "responses": {"200": _one(schema, "Updated")} | _errors(400, 404, 409, 413, 415),
-    }
+        return JsonResponse(openapi_document(API_TITLE, API_VERSION, router.routes, openapi_schemas()))

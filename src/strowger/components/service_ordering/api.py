@@ -18,7 +18,6 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from strowger.components.ordering.api import _hub_routes as hub_routes
 from strowger.components.ordering.api import parse_as_of
 from strowger.components.service_ordering.service import ORDER, TASK, ServiceOrdering
 from strowger.errors import NotFound
@@ -27,17 +26,12 @@ from strowger.security import CurrentPrincipal
 from strowger.store.db import Database
 from strowger.tmf.errors import BadRequest, JsonResponse, TmfRoute
 from strowger.tmf.hubs import CallbackGuard, HubStore
+from strowger.tmf.openapi import AS_OF
 from strowger.tmf.query import Page, parse_fields, parse_query, select_fields
-from strowger.tmf.router import read_json
+from strowger.tmf.router import add_hub_routes, read_json
 from strowger.tmf.tasks import cancelled_order, unknown_order
 
 API_NAME = "serviceOrdering"
-AS_OF_PARAMETER = {
-    "name": "asOf",
-    "in": "query",
-    "schema": {"type": "string", "format": "date-time"},
-    "description": "The resource as it was at this RFC 3339 date-time (replayed from its events)",
-}
 MAX_BODY_BYTES = 1 << 20
 
 
@@ -48,7 +42,9 @@ def service_ordering_router(
     router = APIRouter(prefix=som.base_path, route_class=TmfRoute, default_response_class=JsonResponse)
     _order_routes(router, som)
     _cancel_routes(router, som)
-    hub_routes(router, som.base_path, HubStore(database, API_NAME), guard or CallbackGuard())
+    add_hub_routes(
+        router, som.base_path, HubStore(database, API_NAME), guard or CallbackGuard(), MAX_BODY_BYTES
+    )
     return router
 
 
@@ -73,7 +69,7 @@ def _order_routes(router: APIRouter, som: ServiceOrdering) -> None:
         "/serviceOrder/{id}",
         tags=[tag],
         summary="Retrieve a ServiceOrder, optionally asOf a time",
-        openapi_extra={"parameters": [AS_OF_PARAMETER]},
+        openapi_extra={"parameters": [AS_OF]},
     )
     async def get_order(id: str, request: Request) -> Response:
         as_of = parse_as_of(request.query_params.get("asOf"))  # 400 unless RFC 3339 with an offset
@@ -101,7 +97,7 @@ def _cancel_routes(router: APIRouter, som: ServiceOrdering) -> None:
         "/cancelServiceOrder/{id}",
         tags=[tag],
         summary="Retrieve a CancelServiceOrder, optionally asOf a time",
-        openapi_extra={"parameters": [AS_OF_PARAMETER]},
+        openapi_extra={"parameters": [AS_OF]},
     )
     async def get_cancel(id: str, request: Request) -> Response:
         as_of = parse_as_of(request.query_params.get("asOf"))
