@@ -104,7 +104,7 @@ def bench_hub(
     ),
     as_json: Annotated[bool, typer.Option("--json", help="print every figure as one JSON line last")] = False,
 ) -> None:
-    """TMF hub webhooks: Strowger beside a hand-written durable deliverer and plain aiohttp and httpx loops, one listener."""
+    """TMF hub webhooks: Strowger beside a hand-written durable deliverer and plain HTTP loops."""
     if db not in ("sqlite", "postgres"):
         raise typer.BadParameter("expected sqlite or postgres", param_hint="--db")
     from strowger.bench.hub import render_table as render_hub_table
