@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import HTMLResponse
 from fastapi.telemetry import TelemetryConfig
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -17,7 +18,7 @@ from strowger.bootstrap import Platform
 from strowger.bus.pacing import LoopPacer
 from strowger.ops.tracing import TracingMiddleware
 from strowger.security import SecuritySettings, install_security, load_security_settings
-from strowger.tmf.errors import JsonResponse
+from strowger.tmf.errors import JsonResponse, unrouted_error
 
 # Strowger traces its requests itself (TracingMiddleware: span, correlationId) and counts
 # them in its own metrics; FastAPI's native telemetry would only duplicate them should a
@@ -78,6 +79,7 @@ def create_app(platform: Platform, security: SecuritySettings | None = None) -> 
         """Prometheus exposition of this process's metrics."""
         return Response(platform.metrics.exposition(), media_type=platform.metrics.content_type)
 
+    app.add_exception_handler(StarletteHTTPException, unrouted_error)  # unknown path or method: a TMF Error
     for router in platform.routers:
         app.include_router(PrefixGate(router) if router.prefix else router)
     app.state.index_links = platform.index_links

@@ -62,6 +62,27 @@ async def test_a_related_party_without_its_referred_type_is_a_400_naming_it(
     assert "@referredType" in refused.json()["message"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("GET", "/tmf-api/productOrderingManagement/v4/nothing", 404, "notFound"),
+        ("GET", "/nothing/at/all", 404, "notFound"),
+        ("PUT", "/tmf-api/productOrderingManagement/v4/productOrder/x", 405, "methodNotAllowed"),
+        ("PUT", "/tmf-api/productCatalogManagement/v4/productOffering/x", 405, "methodNotAllowed"),
+    ],
+)
+async def test_an_unknown_path_or_method_is_a_tmf_error(
+    client: httpx.AsyncClient, method: str, path: str, status: int, code: str
+) -> None:
+    answer = await client.request(method, path, headers={"X-API-Key": ADMIN_KEY})
+    assert answer.status_code == status
+    body = answer.json()
+    assert body["code"] == code and body["status"] == str(status) and body["@type"] == "Error"
+    assert body["reason"] and path in body["message"]
+    if status == 405:
+        assert "GET" in answer.headers["allow"]
+
+
 async def test_health_is_open_and_metrics_need_a_key(client: httpx.AsyncClient) -> None:
     assert (await client.get("/health")).status_code == 200
     assert (await client.get("/metrics")).status_code == 401

@@ -185,6 +185,25 @@ def _http_error(exc: HTTPException) -> ApiError:
     return error
 
 
+async def unrouted_error(request: Request, exc: Exception) -> Response:
+    """An error raised outside every TMF route, as a TMF ``Error`` body: no route for the path
+    (404), a method the path does not serve (405, with its ``Allow``), or another HTTP error.
+
+    An application exception handler (``app.add_exception_handler(StarletteHTTPException, …)``):
+    routing answers before any route, so :class:`TmfRoute` never sees these.
+    """
+    status = getattr(exc, "status_code", 500)
+    headers = dict(getattr(exc, "headers", None) or {})
+    where = f"{request.method} {request.url.path}"
+    if status == 404:
+        body = error_body(404, "notFound", "Not found", f"nothing is served at {request.url.path}")
+    elif status == 405:
+        body = error_body(405, "methodNotAllowed", "Method not allowed", f"{where} is not served")
+    else:
+        body = error_body(status, f"http{status}", "Request refused", str(getattr(exc, "detail", exc)))
+    return JsonResponse(body, status_code=status, headers=headers)
+
+
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 

@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute
 
 from strowger.tmf.errors import error_body
 from strowger.tmf.patch import JSON, JSON_PATCH, MERGE_PATCH
+from strowger.tmf.query import MAX_LIMIT, MAX_PAGE_NUMBER
 from strowger.tmf.resources import ResourceType
 
 ERROR_SCHEMA: dict[str, Any] = {
@@ -31,8 +32,12 @@ FIELDS = {
     "description": "Comma-separated properties",
 }
 PAGE = [
-    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+    {
+        "name": "offset",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_PAGE_NUMBER},
+    },
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_LIMIT}},
 ]
 SORT = {"name": "sort", "in": "query", "schema": {"type": "string"}, "description": "e.g. name,-lastUpdate"}
 AS_OF = {

@@ -33,6 +33,7 @@ RESERVED = frozenset({"fields", "sort", "offset", "limit"})
 ALWAYS_RETURNED = ("id", "href", "@type")
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 1000
+MAX_PAGE_NUMBER = 2**63 - 1  # offset and limit go to SQL as 64-bit integers (INTEGER, BIGINT)
 
 Document = Mapping[str, Any]
 Path = tuple[str, ...]
@@ -163,8 +164,10 @@ def _non_negative(name: str, value: str) -> int:
         number = int(value)
     except ValueError:
         number = -1
-    if number < 0:
-        raise BadRequest(f"{name}: expected a non-negative integer, got {value!r}", field=name)
+    if not 0 <= number <= MAX_PAGE_NUMBER:
+        raise BadRequest(
+            f"{name}: expected an integer from 0 to {MAX_PAGE_NUMBER}, got {value!r}", field=name
+        )
     return number
 
 
