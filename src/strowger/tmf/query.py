@@ -110,9 +110,7 @@ def parse_query(params: Iterable[tuple[str, str]], *, max_limit: int = MAX_LIMIT
         elif name == "offset":
             offset = _non_negative(name, value)
         elif name == "limit":
-            limit = _non_negative(name, value)
-            if limit > max_limit:
-                raise BadRequest(f"limit: at most {max_limit}", field="limit", code="invalidParameter")
+            limit = _non_negative(name, value, max_limit)
         else:
             conditions.append(parse_condition(name, value))
     return ResourceQuery(tuple(conditions), sort, offset, limit, fields)
@@ -159,14 +157,16 @@ def parse_sort(text: str) -> tuple[SortKey, ...]:
     return tuple(keys)
 
 
-def _non_negative(name: str, value: str) -> int:
+def _non_negative(name: str, value: str, maximum: int = MAX_PAGE_NUMBER) -> int:
     try:
         number = int(value)
     except ValueError:
         number = -1
-    if not 0 <= number <= MAX_PAGE_NUMBER:
+    if not 0 <= number <= maximum:
         raise BadRequest(
-            f"{name}: expected an integer from 0 to {MAX_PAGE_NUMBER}, got {value!r}", field=name
+            f"{name}: expected an integer from 0 to {maximum}, got {value!r}",
+            field=name,
+            code="invalidParameter",
         )
     return number
 
