@@ -7,9 +7,10 @@ from importlib.resources import files
 from typing import Any
 
 import pytest
-from jsonschema import Draft4Validator, Draft7Validator
+from jsonschema import Draft4Validator, Draft7Validator, FormatChecker
 
 from strowger.demo.orders import OrderGenerator
+from strowger.events.envelope import is_date_time
 from strowger.events.fastcheck import certainly_valid_schema, quick_check
 from strowger.events.registry import InvalidSchema, parse_schema
 from strowger.tmf.errors import BadRequest
@@ -55,6 +56,39 @@ def test_formats_are_not_asserted_as_jsonschema_does_without_a_format_checker() 
     document = {"at": "yesterday-ish"}
     assert Draft7Validator(schema).is_valid(document)
     assert quick_check(schema, Draft7Validator)(document) is True
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        ("2026-03-15T09:00:00Z", True),
+        ("2026-03-15T09:00:00.123+02:00", True),
+        ("2020-12-31T23:59:59:999Z", True),  # as a TMF678 sample writes it: Python reads it
+        ("2022-07-04T08:00.000Z", True),  # as a TMF639 sample writes it
+        ("2026-03-15T09:00", True),
+        ("yesterday", False),
+        ("2026-13-01T00:00:00Z", False),
+        ("", False),
+        (12, False),  # a type error, left to "type"
+    ],
+)
+def test_a_named_format_is_asserted_alike_by_both_passes(value: Any, valid: bool) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"at": {"type": "string", "format": "date-time"}, "link": {"format": "uri"}},
+    }
+    document = {"at": value, "link": "/relative/href"}  # uri stays unasserted: TMF hrefs are relative
+    checker = FormatChecker(formats=())
+    checker.checks("date-time")(is_date_time)
+    assert Draft4Validator(schema, format_checker=checker).is_valid(document) is valid
+    assert quick_check(schema, Draft4Validator, {"date-time": is_date_time})(document) is valid
+
+
+def test_a_tmf_resource_date_time_is_refused_naming_the_field() -> None:
+    validate = schema_validator(tmf622_definitions(), "ProductOrder_Create")
+    order = OrderGenerator(seed=3).order()
+    with pytest.raises(BadRequest, match="requestedStartDate: 'soon' is not a 'date-time'"):
+        validate({**order, "requestedStartDate": "soon"})
 
 
 def test_a_value_that_is_not_json_is_left_to_jsonschema() -> None:

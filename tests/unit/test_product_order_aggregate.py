@@ -59,6 +59,11 @@ def replay(order: ProductOrder) -> ProductOrder:
             "productOrderItem[0].productOrderItem[0].id",
             False,
         ),
+        (
+            {"productOrderItem": [{"id": "1", "action": "add"}], "requestedCompletionDate": "yesterday"},
+            "requestedCompletionDate",
+            False,
+        ),
     ],
 )
 def test_message_rules_name_the_field(message: dict[str, Any], field: str, missing: bool) -> None:

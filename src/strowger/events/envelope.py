@@ -56,6 +56,22 @@ def format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def is_date_time(value: object) -> bool:
+    """Whether ``value`` is a time :func:`parse_time` reads: the test of a ``date-time`` field.
+
+    As liberal as Python's ISO 8601 reader (the TMF samples write ``…T10:00``, ``…T10:00.000Z``
+    and even ``…T23:59:59:999Z``), so what a client sends stays readable for filters, sorting
+    and ``asOf``; ``"yesterday"`` or a 13th month is refused. Non-strings are left to ``type``.
+    """
+    if not isinstance(value, str):
+        return True
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_time(text: str) -> datetime:
     """An RFC 3339 time; a time without offset is taken as UTC."""
     moment = datetime.fromisoformat(text)  # 3.11 reads a trailing Z itself

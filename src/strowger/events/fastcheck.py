@@ -6,8 +6,9 @@ of the platform's CPU per order. ``jsonschema_rs`` (Rust) answers valid / invali
 schema in microseconds. Nearly every document is valid, so callers ask the Rust validator first
 and only run ``jsonschema`` when it says no, to build the error they already report.
 
-Both are configured alike: the same draft, and formats not asserted (``jsonschema`` ignores
-``format`` unless given a format checker, and none is). If the Rust validator cannot compile a
+Both are configured alike: the same draft, and formats not asserted unless the caller names
+some, each with the one function both validators then use (``jsonschema`` ignores ``format``
+unless given a format checker). If the Rust validator cannot compile a
 schema or judge a document, the check answers "unknown" and the caller falls back to
 ``jsonschema``: never weaker than before, only faster.
 """
@@ -24,13 +25,25 @@ QuickCheck = Callable[[Any], bool]
 """True only when the document is certainly valid; False means "ask the full validator"."""
 
 
-def quick_check(schema: Mapping[str, Any], python_validator: type[Validator]) -> QuickCheck:
-    """A Rust validity check matching ``python_validator``'s draft, or one that always defers."""
+def quick_check(
+    schema: Mapping[str, Any],
+    python_validator: type[Validator],
+    formats: Mapping[str, Callable[[str], bool]] | None = None,
+) -> QuickCheck:
+    """A Rust validity check matching ``python_validator``'s draft, or one that always defers.
+
+    ``formats``: the only formats asserted, each by the given function (the same one the
+    caller gives ``jsonschema``'s format checker, so both passes agree); none by default.
+    """
     rust_class = getattr(jsonschema_rs, python_validator.__name__, None)
     if rust_class is None:
         return _defer
+    options: dict[str, Any] = {"validate_formats": False}
+    if formats:
+        # Asserting formats turns on Rust's built-in ones too: every other format is waved through.
+        options = {"validate_formats": True, "formats": {**_UNASSERTED, **formats}}
     try:
-        compiled = rust_class(dict(schema), validate_formats=False)
+        compiled = rust_class(dict(schema), **options)
     except Exception:  # a schema the Rust side cannot compile (regex dialect, …): Python judges
         return _defer
 
@@ -45,6 +58,21 @@ def quick_check(schema: Mapping[str, Any], python_validator: type[Validator]) ->
 
 def _defer(document: Any) -> bool:
     return False
+
+
+def _anything(value: str) -> bool:
+    return True
+
+
+# Every format jsonschema_rs knows, mapped to "valid": only the formats a caller names are asserted.
+_UNASSERTED: dict[str, Callable[[str], bool]] = dict.fromkeys(
+    (
+        "date", "date-time", "duration", "email", "hostname", "idn-email", "idn-hostname", "ipv4",
+        "ipv6", "iri", "iri-reference", "json-pointer", "regex", "relative-json-pointer", "time",
+        "uri", "uri-reference", "uri-template", "uuid",
+    ),
+    _anything,
+)  # fmt: skip
 
 
 def certainly_valid_schema(schema: Mapping[str, Any]) -> bool:

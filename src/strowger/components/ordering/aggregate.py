@@ -30,7 +30,7 @@ from strowger.components.ordering.states import (
     order_state_from_items,
 )
 from strowger.errors import InvalidStateTransition, PermanentError
-from strowger.events.envelope import format_time
+from strowger.events.envelope import format_time, is_date_time
 from strowger.store.aggregate import Aggregate, DomainEvent
 
 Document = dict[str, Any]
@@ -156,9 +156,14 @@ class Change:
 # -- message validation --------------------------------------------------------------------------
 
 
+# The date-times of TMF622 ``ProductOrder_Create`` (the event schema types them, not their format).
+CLIENT_DATE_TIMES = ("requestedCompletionDate", "requestedStartDate", "cancellationDate")
+
+
 def check_order_message(body: Mapping[str, Any]) -> None:
     """TMF622 message rules: ``productOrderItem`` present and non-empty, each item (nested too) with a
-    unique ``id`` and a known ``action``. Raises :class:`InvalidOrder` naming the field."""
+    unique ``id`` and a known ``action``, readable date-times. Raises :class:`InvalidOrder` naming the
+    field."""
     items = body.get("productOrderItem")
     if items is None:
         raise InvalidOrder("productOrderItem is required", "productOrderItem", missing=True)
@@ -182,6 +187,9 @@ def check_order_message(body: Mapping[str, Any]) -> None:
         if action not in {member.value for member in OrderItemAction}:
             allowed = ", ".join(member.value for member in OrderItemAction)
             raise InvalidOrder(f"{path}.action {action!r} is not one of: {allowed}", f"{path}.action")
+    for name in CLIENT_DATE_TIMES:
+        if not is_date_time(body.get(name)):
+            raise InvalidOrder(f"{name}: {body[name]!r} is not a date-time (e.g. 2026-03-15T09:00:00Z)", name)
 
 
 def _walk(items: Sequence[Any], path: str) -> Iterator[tuple[str, Any]]:
