@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -60,6 +62,29 @@ def replay(order: ProductOrder) -> ProductOrder:
             False,
         ),
         (
+            {
+                "productOrderItem": [
+                    {"id": "1", "action": "add", "productOrderItemRelationship": [{"id": "9"}]}
+                ]
+            },
+            "productOrderItem[0].productOrderItemRelationship[0].id",
+            False,
+        ),
+        (
+            {
+                "productOrderItem": [
+                    {"id": "1", "action": "add", "productOrderItemRelationship": [{"id": "1"}]}
+                ]
+            },
+            "productOrderItem[0].productOrderItemRelationship[0].id",
+            False,
+        ),
+        (
+            {"productOrderItem": [{"id": "1", "action": "add", "productOrderItemRelationship": [{}]}]},
+            "productOrderItem[0].productOrderItemRelationship[0].id",
+            True,
+        ),
+        (
             {"productOrderItem": [{"id": "1", "action": "add"}], "requestedCompletionDate": "yesterday"},
             "requestedCompletionDate",
             False,
@@ -71,6 +96,15 @@ def test_message_rules_name_the_field(message: dict[str, Any], field: str, missi
         check_order_message(message)
     assert raised.value.field == field
     assert raised.value.missing is missing
+
+
+def test_the_tmf622_sample_order_passes_the_message_rules() -> None:
+    sample = (
+        Path(__file__).parents[1]
+        / "fixtures/tmf-samples-v4/TMF622_Product_Ordering__ProductOrder.example.json"
+    )
+    order = json.loads(sample.read_text(encoding="utf-8"))  # relationships to items 110 and 120, nested
+    check_order_message({key: value for key, value in order.items() if key not in ("id", "href", "state")})
 
 
 def test_place_sets_server_attributes_and_acknowledges_everything() -> None:

@@ -162,7 +162,8 @@ CLIENT_DATE_TIMES = ("requestedCompletionDate", "requestedStartDate", "cancellat
 
 def check_order_message(body: Mapping[str, Any]) -> None:
     """TMF622 message rules: ``productOrderItem`` present and non-empty, each item (nested too) with a
-    unique ``id`` and a known ``action``, readable date-times. Raises :class:`InvalidOrder` naming the
+    unique ``id``, a known ``action`` and relationships to other items of the order; readable
+    date-times. Raises :class:`InvalidOrder` naming the
     field."""
     items = body.get("productOrderItem")
     if items is None:
@@ -187,9 +188,28 @@ def check_order_message(body: Mapping[str, Any]) -> None:
         if action not in {member.value for member in OrderItemAction}:
             allowed = ", ".join(member.value for member in OrderItemAction)
             raise InvalidOrder(f"{path}.action {action!r} is not one of: {allowed}", f"{path}.action")
+    for path, item in _walk(items, "productOrderItem"):
+        _check_relationships(path, item, seen)
     for name in CLIENT_DATE_TIMES:
         if not is_date_time(body.get(name)):
             raise InvalidOrder(f"{name}: {body[name]!r} is not a date-time (e.g. 2026-03-15T09:00:00Z)", name)
+
+
+def _check_relationships(path: str, item: Mapping[str, Any], item_ids: set[str]) -> None:
+    """Each ``productOrderItemRelationship`` names another item of this order (``reliesOn``, ``bundles``…)."""
+    relationships = item.get("productOrderItemRelationship")
+    if relationships is None:
+        return
+    where = f"{path}.productOrderItemRelationship"
+    if not isinstance(relationships, list):
+        raise InvalidOrder(f"{where} must be an array", where)
+    for index, relationship in enumerate(relationships):
+        here = f"{where}[{index}]"
+        target = relationship.get("id") if isinstance(relationship, Mapping) else None
+        if target is None:
+            raise InvalidOrder(f"{here}.id is required", f"{here}.id", missing=True)
+        if target not in item_ids or target == item["id"]:
+            raise InvalidOrder(f"{here}.id {target!r} is not another item of this order", f"{here}.id")
 
 
 def _walk(items: Sequence[Any], path: str) -> Iterator[tuple[str, Any]]:
