@@ -66,7 +66,7 @@ def is_date_time(value: object) -> bool:
     if not isinstance(value, str):
         return True
     try:
-        datetime.fromisoformat(value)
+        parse_time(value)
     except ValueError:
         return False
     return True

@@ -163,8 +163,7 @@ CLIENT_DATE_TIMES = ("requestedCompletionDate", "requestedStartDate", "cancellat
 def check_order_message(body: Mapping[str, Any]) -> None:
     """TMF622 message rules: ``productOrderItem`` present and non-empty, each item (nested too) with a
     unique ``id``, a known ``action`` and relationships to other items of the order; readable
-    date-times. Raises :class:`InvalidOrder` naming the
-    field."""
+    date-times. Raises :class:`InvalidOrder` naming the field."""
     items = body.get("productOrderItem")
     if items is None:
         raise InvalidOrder("productOrderItem is required", "productOrderItem", missing=True)
