@@ -37,12 +37,13 @@ from strowger.ops.dashboard.data import outbox_backlog, saga_health
 from strowger.ops.dlq_api import dead_letter_queue_for
 from strowger.ops.metrics import Metrics
 from strowger.ops.sampler import PlatformSampler
+from strowger.projections.sagas import SagaLogSource
 from strowger.saga.model import SagaStatus
 from strowger.settings import Settings
 from strowger.store.db import Database
 from strowger.store.deadletters import DeadLetterFilter, Failure, ParkingLot, ReplayReport, Status
 from strowger.store.outbox_schemas import pending_probe
-from strowger.store.postgres import PostgresDatabase, ddl_target
+from strowger.store.postgres import PostgresDatabase, ddl_target, existence_check
 from strowger.tmf.delivery import queue_name
 
 pytestmark = pytest.mark.integration
@@ -129,6 +130,24 @@ async def test_each_process_works_in_its_own_schema_and_borrows_through_views(pr
     assert kinds["saga_log"] == "v" and kinds["saga_steps"] == "r"  # ordering: SOM's log, its own copy
 
 
+async def test_ordering_tails_the_sagas_log_through_its_view_in_commit_order(provisioned) -> None:  # type: ignore[no-untyped-def]
+    # The view is made before SOM's process starts: it must already have the log's tx_id column.
+    plan, urls = provisioned
+    async with component_database(plan, urls, "service-ordering") as som:
+        await add_saga(som, "S-1", SagaStatus.RUNNING)
+        async with som.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO saga_log (saga_id, at, step, before_status, after_status, reason) "
+                "VALUES ('S-1', now(), 'activate', 'pending', 'in_flight', '')"
+            )
+    async with component_database(plan, urls, "ordering") as ordering:
+        source = SagaLogSource(ordering)
+        head = await source.head()
+        events = await source.read(0, 10)
+    assert [(event.stream_id, event.payload["after"]) for event in events] == [("S-1", "in_flight")]
+    assert events[-1].position == head > 0
+
+
 KINDS = (
     "SELECT c.relname, c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
     "WHERE n.nspname = ?"
@@ -170,6 +189,12 @@ def test_ddl_targets_name_the_table_a_statement_touches() -> None:
     assert ddl_target("ALTER TABLE saga_log ADD COLUMN IF NOT EXISTS tx_id xid8") == "saga_log"
     assert ddl_target("CREATE OR REPLACE VIEW catalog_resource AS SELECT 1") == "catalog_resource"
     assert ddl_target("SELECT 1") is None
+    # What provisioning and start-up look up before running a statement (a live table stays unlocked).
+    added = existence_check("ALTER TABLE saga_log ADD COLUMN IF NOT EXISTS tx_id xid8")
+    assert added is not None and added[1] == ("saga_log", "tx_id")
+    index = existence_check("CREATE INDEX IF NOT EXISTS saga_log_tx ON saga_log (tx_id, id)")
+    assert index is not None and index[1] == ("saga_log_tx",)
+    assert existence_check("ALTER TABLE saga_log DROP COLUMN reason") is None
 
 
 def test_operations_borrows_from_the_directory_and_ordering_from_its_owners() -> None:

@@ -54,7 +54,7 @@ from strowger.components.database import (
 from strowger.components.registry import parse_component
 from strowger.settings import redact_url
 from strowger.store.db import TableSet
-from strowger.store.postgres import ddl_target
+from strowger.store.postgres import ddl_target, existence_check, to_psycopg
 
 log = logging.getLogger("strowger.cluster")
 
@@ -265,27 +265,30 @@ async def _create_owner(
 async def _create_tables_as(
     admin: psycopg.AsyncConnection[Any], role: str, schema: str, table_sets: Iterable[TableSet]
 ) -> None:
-    """Create ``table_sets`` in ``schema`` owned by ``role`` (the admin acting as it)."""
+    """Create ``table_sets`` in ``schema`` owned by ``role`` (the admin acting as it).
+
+    Each statement whose table, index or column is there already is skipped, not the whole set
+    once its tables exist: a column added by a later release (saga_log's tx_id) must be in the
+    table before the borrowers' views are made, since a view's ``*`` is expanded when it is made."""
     await admin.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
     try:
         await admin.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
         for table_set in table_sets:
-            if await _all_exist(admin, schema, _targets(table_set)):
-                continue  # a running deployment's: its DDL (indexes) would lock live writers
             for statement in table_set.ddl("postgresql"):
-                await admin.execute(statement.encode())  # bytes: no placeholder parsing of '%'
+                if not await _applied(admin, statement):  # a live deployment's DDL would lock writers
+                    await admin.execute(statement.encode())  # bytes: no placeholder parsing of '%'
     finally:
         await admin.execute("RESET ROLE")
         await admin.execute("RESET search_path")
 
 
-async def _all_exist(admin: psycopg.AsyncConnection[Any], schema: str, names: set[str]) -> bool:
-    cursor = await admin.execute(
-        "SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename = ANY(%s)",
-        (schema, sorted(names)),
-    )
+async def _applied(admin: psycopg.AsyncConnection[Any], statement: str) -> bool:
+    check = existence_check(statement)
+    if check is None:
+        return False
+    cursor = await admin.execute(to_psycopg(check[0]), check[1])
     row = await cursor.fetchone()
-    return bool(names) and row is not None and int(row[0]) == len(names)
+    return bool(row and row[0])
 
 
 async def _place_parked_ids(

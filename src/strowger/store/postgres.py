@@ -375,10 +375,33 @@ def ddl_target(statement: str) -> str | None:
     return None
 
 
-async def _exists(tx: Transaction, statement: str) -> bool:
-    """Whether ``statement`` creates a table, index (IF NOT EXISTS) or view that is already there."""
+_ADDS_COLUMN = re.compile(r"^\s*ALTER\s+TABLE\s+(\w+)\s+ADD\s+COLUMN\s+IF\s+NOT\s+EXISTS\s+(\w+)", re.I)
+_RELATION_EXISTS = "SELECT to_regclass(?) IS NOT NULL"
+_COLUMN_EXISTS = (
+    "SELECT EXISTS (SELECT 1 FROM pg_attribute "
+    "WHERE attrelid = to_regclass(?) AND attname = ? AND NOT attisdropped)"
+)
+
+
+def existence_check(statement: str) -> tuple[str, tuple[str, ...]] | None:
+    """A query (``?`` placeholders, resolved in the search_path) telling whether the table, index,
+    view or column ``statement`` creates is there already; None when it cannot tell (run it).
+
+    Skipping such a statement matters on a live database: ``CREATE INDEX IF NOT EXISTS`` and
+    ``ALTER TABLE … ADD COLUMN IF NOT EXISTS`` lock their table even when there is nothing to do."""
     match = _CREATES.match(statement)
-    if match is None:
+    if match is not None:
+        return _RELATION_EXISTS, (match.group(1),)
+    match = _ADDS_COLUMN.match(statement)
+    if match is not None:
+        return _COLUMN_EXISTS, (match.group(1), match.group(2).lower())
+    return None
+
+
+async def _exists(tx: Transaction, statement: str) -> bool:
+    """Whether what ``statement`` creates is already there (see :func:`existence_check`)."""
+    check = existence_check(statement)
+    if check is None:
         return False
-    row = await tx.fetchone("SELECT to_regclass(?) IS NOT NULL", (match.group(1),))
+    row = await tx.fetchone(*check)
     return bool(row and row[0])
