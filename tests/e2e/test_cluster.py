@@ -96,6 +96,7 @@ async def test_orders_complete_across_processes_and_survive_a_killed_som(cluster
         before = [await place(client) for _ in range(3)]
         assert [await state_of(client, order) for order in before] == ["completed"] * 3
         await products_recorded(client, before)  # by the inventory component, from the order events
+        await ordering_follows_the_sagas(cluster, len(before))  # through its view of SOM's saga log
         await each_component_reads_only_its_own_tables(cluster)
         # operations reads every component's dead letters and traces through the directory's views
         assert (await client.get("/dlq")).json() == []
@@ -132,6 +133,20 @@ async def products_recorded(client: httpx.AsyncClient, orders: list[str], timeou
             if set(orders) <= recorded:
                 return
             await asyncio.sleep(0.5)
+
+
+async def ordering_follows_the_sagas(cluster: Cluster, completed: int, timeout: float = 60.0) -> None:
+    overview = f'"{schema_of(cluster.plan, "ordering")}".saga_overview'
+    count: object = None
+    async with await psycopg.AsyncConnection.connect(cluster.plan.database_url, autocommit=True) as admin:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            cursor = await admin.execute(f"SELECT count(*) FROM {overview} WHERE status = 'completed'")  # noqa: S608
+            count = (await cursor.fetchone() or [None])[0]
+            if isinstance(count, int) and count >= completed:
+                return
+            await asyncio.sleep(0.5)
+    raise AssertionError(f"ordering's saga overview shows {count} completed sagas, not {completed}")
 
 
 async def each_component_reads_only_its_own_tables(cluster: Cluster) -> None:
