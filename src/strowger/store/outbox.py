@@ -60,7 +60,11 @@ OUTBOX_TABLES = TableSet(
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             topic TEXT NOT NULL, key TEXT NOT NULL, headers TEXT NOT NULL, value BLOB NOT NULL,
             partition INTEGER NOT NULL, created_at REAL NOT NULL, published_at REAL)""",
-        "CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (partition, id) WHERE published_at IS NULL",
+        # SQLite's relay takes in id order, not per partition: with a (partition, id) index the
+        # planner scanned the whole table in rowid order, published history included (10% of the
+        # API's CPU after 8,000 orders, growing with the outbox). The old index is dropped.
+        "CREATE INDEX IF NOT EXISTS outbox_unpublished_by_id ON outbox (id) WHERE published_at IS NULL",
+        "DROP INDEX IF EXISTS outbox_unpublished",
         "CREATE INDEX IF NOT EXISTS outbox_published ON outbox (published_at) WHERE published_at IS NOT NULL",
     ],
     postgresql=[
@@ -331,11 +335,14 @@ def _relay_order(row: Row) -> tuple[int, int]:
     return (row[5], row[0])  # (partition, id)
 
 
+# SQLite's take: through outbox_unpublished_by_id, so it costs the same at any published history.
+TAKE_SQLITE = (
+    "SELECT id, topic, key, headers, value FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT ?"
+)
+
+
 async def _unpublished(tx: Transaction, limit: int) -> list[Row]:
-    return await tx.fetchall(
-        "SELECT id, topic, key, headers, value FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT ?",
-        (limit,),
-    )
+    return await tx.fetchall(TAKE_SQLITE, (limit,))
 
 
 def _message(row: Row) -> Message:
