@@ -119,14 +119,19 @@ async def test_unknown_fields_and_polymorphism_survive_round_trip(client: httpx.
 
 
 async def test_filters_fields_sort_and_pagination(client: httpx.AsyncClient) -> None:
+    categories = {name: (await create(client, "category", name=name))["id"] for name in "ABC"}
     for name, bundle in (("B", True), ("A", False), ("C", False)):
-        await create(client, "productOffering", name=name, isBundle=bundle, category=[{"id": f"cat-{name}"}])
+        await create(
+            client, "productOffering", name=name, isBundle=bundle, category=[{"id": categories[name]}]
+        )
     response = await client.get(f"{BASE}/productOffering", params={"isBundle": "false", "fields": "name"})
     assert response.headers["x-total-count"] == response.headers["x-result-count"] == "2"
     items = response.json()
     assert {item["name"] for item in items} == {"A", "C"}
     assert set(items[0]) == {"id", "href", "@type", "name"}
-    response = await client.get(f"{BASE}/productOffering?category.id=cat-B,cat-C&sort=-name")
+    response = await client.get(
+        f"{BASE}/productOffering?category.id={categories['B']},{categories['C']}&sort=-name"
+    )
     assert [item["name"] for item in response.json()] == ["C", "B"]
     response = await client.get(f"{BASE}/productOffering?sort=name&offset=1&limit=1")
     assert [item["name"] for item in response.json()] == ["B"]
@@ -224,6 +229,57 @@ async def test_bad_input_is_never_a_500(client: httpx.AsyncClient) -> None:
         ),
         400,
     )
+
+
+async def test_references_to_missing_catalog_entities_are_refused_naming_the_attribute(
+    client: httpx.AsyncClient, sink: RecordingSink
+) -> None:
+    before = len(sink.events)
+    refused = {
+        "category": {"name": "Fibre", "parentId": "no-such-category"},
+        "catalog": {"name": "B2C", "category": [{"id": "no-such-category"}]},
+        "productOffering": {"name": "Fibre", "productSpecification": {"id": "no-such-spec"}},
+    }
+    for resource, body in refused.items():
+        error = assert_error(await client.post(f"{BASE}/{resource}", json=body), 400)
+        assert error["code"] == "unknownReference" and "does not exist" in error["message"], error
+    fields = [
+        assert_error(
+            await client.post(
+                f"{BASE}/productOffering",
+                json={"name": "Fibre", "productOfferingPrice": [{"id": "no-such-price"}]},
+            ),
+            400,
+        )["message"]
+    ]
+    assert fields[0].startswith("productOfferingPrice.id refers to productOfferingPrice")
+    assert len(sink.events) == before  # nothing stored, nothing published
+
+    parent = await create(client, "category", name="Residential")
+    child = await create(client, "category", name="Fibre", parentId=parent["id"])
+    spec = await create(client, "productSpecification", name="Fibre")
+    external = {"id": "PS-9", "href": "https://partner.example/tmf-api/productCatalogManagement/v4/x/PS-9"}
+    offer = await create(
+        client,
+        "productOffering",
+        name="Fibre",
+        productSpecification={"id": spec["id"], "href": spec["href"]},
+        category=[{"id": child["id"]}],
+        bundledProductOffering=[external],  # another system's: not this catalog's to check
+    )
+    assert offer["category"] == [{"id": child["id"]}]
+
+
+async def test_a_patch_checks_the_references_it_adds_not_those_already_there(
+    client: httpx.AsyncClient, sink: RecordingSink
+) -> None:
+    parent = await create(client, "category", name="Residential")
+    child = await create(client, "category", name="Fibre", parentId=parent["id"])
+    assert (await client.delete(parent["href"])).status_code == 204
+    moved = await client.patch(child["href"], json={"lifecycleStatus": "In design"})
+    assert moved.status_code == 200, moved.text  # the dangling parent was not this write's
+    error = assert_error(await client.patch(child["href"], json={"parentId": "gone-too"}), 400)
+    assert error["code"] == "unknownReference"
 
 
 async def test_delete(client: httpx.AsyncClient, sink: RecordingSink) -> None:

@@ -16,14 +16,14 @@ from fastapi import FastAPI
 from strowger.bootstrap import OutboxSink
 from strowger.bus.port import Bus, Delivery
 from strowger.bus.runtime import Consumer, ConsumerRunner
-from strowger.components.catalog import CATALOG_API, catalog_router
+from strowger.components.catalog import catalog_router
+from strowger.components.catalog.seed import load_sample_catalog as seed_sample_catalog
 from strowger.components.inventory import ProductInventory
 from strowger.components.inventory.products import product_inventory_consumer
 from strowger.components.ordering.api import ordering_router
 from strowger.components.ordering.consumers import fulfilment_consumer, validation_consumer
 from strowger.components.ordering.service import BASE_PATH, OrderingService
 from strowger.components.ordering.validation import sample_technical_catalog
-from strowger.components.sample_catalog import sample_documents
 from strowger.events.envelope import Envelope, decode, encode
 from strowger.events.topics import ORDERING_EVENTS, SERVICE_EVENTS
 from strowger.store.db import Database, Transaction
@@ -32,7 +32,7 @@ from strowger.store.eventstore import open_event_store
 from strowger.store.inbox import INBOX_TABLES
 from strowger.store.outbox import OUTBOX_TABLES, Outbox
 from strowger.tmf.hubs import CallbackGuard
-from strowger.tmf.resources import RESOURCE_TABLES, ResourceService
+from strowger.tmf.resources import RESOURCE_TABLES
 
 pytestmark = pytest.mark.integration
 
@@ -144,13 +144,8 @@ def error(response: httpx.Response, status: int) -> dict[str, Any]:
 
 
 async def load_sample_catalog(database: Database) -> None:
-    """The sample offerings and specifications into the TMF620 tables, keeping their ids and states."""
-    documents = sample_documents()
-    async with database.transaction() as tx:
-        for resource in CATALOG_API.resources:
-            service = ResourceService(CATALOG_API, resource, database, RecordingSink())
-            for document in documents.get(resource.name, ()):
-                await service.insert(tx, document, resource_id=document["id"])
+    """The sample catalog into the TMF620 tables, keeping ids and states (the platform's own seed)."""
+    await seed_sample_catalog(database, RecordingSink())
 
 
 # -- POST ----------------------------------------------------------------------------------------

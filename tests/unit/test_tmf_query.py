@@ -68,6 +68,21 @@ def test_times_compare_chronologically_across_offsets() -> None:
 
 
 @pytest.mark.parametrize(
+    "value", ["2024-13-01", "2024-02-30T10:00:00Z", "2024-02-01T25:00", "2024-02-01Tnoon"]
+)
+def test_a_date_that_is_no_date_is_refused_rather_than_compared_as_text(value: str) -> None:
+    with pytest.raises(BadRequest) as refused:
+        parse_query([("orderDate.gt", value)])
+    assert refused.value.field == "orderDate.gt" and "not a date-time" in refused.value.message
+
+
+def test_partial_dates_and_plain_text_still_compare_as_text() -> None:
+    assert ids([("orderDate.gt", "2024-02")]) == ["1"]  # RFC 3339 text orders by its leading fields
+    assert ids([("orderDate.lt", "2024")]) == []
+    assert ids([("state.gt", "b")]) == ["1", "2"]
+
+
+@pytest.mark.parametrize(
     ("name", "value", "op", "path", "values"),
     [
         ("priority.gte", "3", Op.GTE, ("priority",), ("3",)),

@@ -1,8 +1,9 @@
 """The sample telco catalog shipped with Strowger (data in ``sample_catalog.json``).
 
 Offerings: Fibre 500, Fibre 1000, Mobile 20 GB, a Static IP add-on and the
-Fibre 500 + Mobile 20 GB bundle, with their EUR prices (monthly recurring and
-one-off activation), as TMF620 documents; the TMF633 service and TMF634 resource
+Fibre 500 + Mobile 20 GB bundle, in the Residential category of one catalog,
+with their EUR prices (monthly recurring and one-off activation), as TMF620
+documents; the TMF633 service and TMF634 resource
 specifications they decompose into; and the ROM resource pools (``resourcePool``:
 Strowger's own shape, see docs/fulfilment-model.md) those resources come from.
 """
@@ -20,6 +21,8 @@ COLLECTIONS = (
     "productSpecification",
     "productOffering",
     "productOfferingPrice",
+    "category",
+    "catalog",
     "serviceSpecification",
     "resourceSpecification",
     "resourcePool",

@@ -118,6 +118,7 @@ def parse_query(params: Iterable[tuple[str, str]], *, max_limit: int = MAX_LIMIT
 
 def parse_condition(name: str, value: str) -> Condition:
     """One filter parameter (``name=value`` as decoded from the query string)."""
+    parameter = name
     op = Op.EQ
     # "a>=5" arrives as name "a>", value "5"; "a>5" as name "a>5", value "".
     if name and name[-1] in "<>!":
@@ -129,7 +130,20 @@ def parse_condition(name: str, value: str) -> Condition:
         op, name = Op(match.group("op")), match.group("path")
     path = parse_path(name)
     values = tuple(part.strip() for part in value.split(","))
+    for part in values:
+        if _DATE_SHAPED.match(part) and _as_time(part) is None:
+            # Compared as text it would quietly match nothing (or everything): say so instead.
+            raise BadRequest(
+                f"{parameter}: {part!r} is not a date-time (RFC 3339, e.g. 2026-05-01T10:00:00Z)",
+                field=parameter,
+                code="invalidParameter",
+            )
     return Condition(path, op, values)
+
+
+# A full date at the start: the value is meant as a time. Shorter prefixes ("2026", "2026-05")
+# stay text, which orders RFC 3339 times correctly by their leading fields.
+_DATE_SHAPED = re.compile(r"^\d{4}-\d{2}-\d{2}")
 
 
 def parse_path(text: str) -> Path:

@@ -307,6 +307,33 @@ class EventKind(enum.StrEnum):
 Validator = Callable[[Mapping[str, Any]], None]
 
 
+def referenced_ids(document: Mapping[str, Any] | None, path: str, base_path: str) -> list[str]:
+    """The string ids at dotted ``path`` of ``document`` (lists walked), skipping references
+    whose ``href`` is not under ``base_path``: this API writes relative hrefs, so an absolute
+    one names another system's resource."""
+    found: list[Any] = [document] if document is not None else []
+    parents: list[Any] = found
+    *steps, last = path.split(".")
+    for step in steps:
+        parents = [item for parent in parents for item in _children(parent, step)]
+    ids = []
+    for parent in parents:
+        if not isinstance(parent, Mapping):
+            continue
+        href = parent.get("href")
+        if isinstance(href, str) and href and not href.startswith(base_path + "/"):
+            continue  # another system's resource
+        value = parent.get(last)
+        if isinstance(value, str) and value:
+            ids.append(value)
+    return ids
+
+
+def _children(parent: Any, step: str) -> list[Any]:
+    value = parent.get(step) if isinstance(parent, Mapping) else None
+    return list(value) if isinstance(value, list) else [value] if value is not None else []
+
+
 @dataclass(frozen=True)
 class ResourceType:
     """One TMF resource: its path segment, @type, validation, read-only fields, lifecycle and events."""
@@ -321,6 +348,10 @@ class ResourceType:
     schema_name: str | None = None  # OpenAPI component describing the resource
     operations: frozenset[Operation] = frozenset(Operation)  # HTTP routes served
     keep_history: bool = False  # every version kept (tmf_resource_history): reads ``as of`` a moment
+    # Attributes naming another resource of the same API, which must exist when written:
+    # dotted path -> resource name ("parentId" -> "category", "productSpecification.id" ->
+    # "productSpecification"); a list on the way is walked ("category.id": each entry's id).
+    references: Mapping[str, str] = field(default_factory=dict)
 
     def event_type(self, kind: EventKind) -> str:
         return f"{self.type_name}{kind.value}Event"
@@ -395,6 +426,7 @@ class ResourceService:
             document.setdefault(lifecycle.attribute, lifecycle.initial)
             lifecycle.check_known(document[lifecycle.attribute])
         self._validate(document)
+        await self._check_references(tx, document)
         await self.collection.add(tx, document, now)
         await self._remember(tx, resource_id, document, now)
         await self._emit(tx, EventKind.CREATE, document, now)
@@ -437,6 +469,7 @@ class ResourceService:
         now = utcnow()
         self._stamp(after, now)
         self._validate(after)
+        await self._check_references(tx, after, before)
         await self.collection.replace(tx, after, stored.version)
         await self._remember(tx, resource_id, after, now)
         if state_changed:
@@ -498,6 +531,26 @@ class ResourceService:
 
     def _not_found(self, resource_id: str) -> ResourceNotFound:
         return ResourceNotFound(f"no {self.resource.name} with id {resource_id!r}")
+
+    async def _check_references(
+        self, tx: Transaction, document: Mapping[str, Any], before: Mapping[str, Any] | None = None
+    ) -> None:
+        """400 naming the attribute when it refers to a resource of this API that does not exist.
+
+        On an update only references the write adds are checked: a resource whose referent was
+        deleted since can still be patched. A reference whose href is absolute or outside this
+        API (a federated catalog) is not this API's to check.
+        """
+        for path, target in self.resource.references.items():
+            known = set(referenced_ids(before, path, self.api.base_path)) if before is not None else set()
+            collection = ResourceCollection(self.database, f"{self.api.name}/{target}")
+            for referenced in referenced_ids(document, path, self.api.base_path):
+                if referenced not in known and await collection.load(tx, referenced) is None:
+                    raise BadRequest(
+                        f"{path} refers to {target} {referenced!r}, which does not exist",
+                        field=path,
+                        code="unknownReference",
+                    )
 
     async def _emit(
         self,

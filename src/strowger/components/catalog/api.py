@@ -67,6 +67,24 @@ def openapi_schemas() -> dict[str, Any]:
     return schemas
 
 
+# What each resource refers to in this catalog: a dangling reference is refused (400 naming
+# the attribute), so an order never meets an offering whose specification is not there.
+REFERENCES: Mapping[str, Mapping[str, str]] = {
+    "catalog": {"category.id": "category"},
+    # Not subCategory nor productOffering: they point back at what points at the category
+    # (a child's parentId, an offering's category), so one side must be written first.
+    "category": {"parentId": "category"},
+    "productSpecification": {"productSpecificationRelationship.id": "productSpecification"},
+    "productOffering": {
+        "productSpecification.id": "productSpecification",
+        "category.id": "category",
+        "productOfferingPrice.id": "productOfferingPrice",
+        "bundledProductOffering.id": "productOffering",
+    },
+    "productOfferingPrice": {},
+}
+
+
 def _resource(name: str, type_name: str, events: frozenset[EventKind] = frozenset(EventKind)) -> ResourceType:
     return ResourceType(
         name=name,
@@ -75,6 +93,7 @@ def _resource(name: str, type_name: str, events: frozenset[EventKind] = frozense
         lifecycle=PRODUCT_LIFECYCLE,
         events=events,
         schema_name=type_name,
+        references=REFERENCES[name],
     )
 
 
