@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from strowger.bus.embedded import EmbeddedBus
+from strowger.bus.rabbitmq import RabbitBus
 from strowger.store.db import Database
 from strowger.store.postgres import PostgresDatabase
 from strowger.store.sqlite import SqliteDatabase
@@ -104,3 +105,10 @@ async def external_bus(sqlite_db: Database) -> AsyncIterator[EmbeddedBus]:
 def unique(prefix: str) -> str:
     """A name no other test uses (topics, groups, queues on shared brokers)."""
     return f"{prefix}.{uuid.uuid4().hex[:10]}"
+
+
+async def delete_declared_topics(bus: RabbitBus) -> None:
+    """Delete the topics ``bus`` declared: the broker keeps every stream a test makes, and a
+    developer's broker must not fill up (hundreds of them slowed it until it failed)."""
+    for name in bus.declared_topics():
+        await bus.delete_topic(name)

@@ -28,11 +28,14 @@ import pytest
 
 from strowger.app import create_app
 from strowger.bootstrap import Platform, bootstrap
+from strowger.bus.namespace import Namespace
+from strowger.bus.rabbitmq import RabbitBus
 from strowger.cluster.plan import ProcessSpec, free_port, plan_cluster
 from strowger.cluster.supervisor import Cluster
 from strowger.components.billing.api import CustomerBilling
 from strowger.components.billing.charging import BillingLedger
 from strowger.components.service_ordering.service import service_order_id_for
+from strowger.events.topics import ALL_TOPICS
 from strowger.security import SecuritySettings, hash_api_key
 from strowger.security.settings import ApiKeyEntry
 from strowger.settings import Settings
@@ -84,7 +87,20 @@ async def test_fault_matrix_on_postgresql_and_rabbitmq(
     postgres_url: str, rabbitmq_url: str, schema: str
 ) -> None:
     # RabbitMQ members take a few seconds to win their partition leases: longer step timeouts.
-    await assert_matrix_holds(platform_settings(postgres_url, rabbitmq_url, schema), step_timeout=12.0)
+    settings = platform_settings(postgres_url, rabbitmq_url, schema)
+    try:
+        await assert_matrix_holds(settings, step_timeout=12.0)
+    finally:  # the broker keeps the run's streams (54 a run) unless they are deleted
+        rabbit = RabbitBus(rabbitmq_url)
+        await rabbit.start()
+        try:
+            namespace = Namespace(settings.bus_namespace)
+            declared = [replace(topic, name=namespace.outward(topic.name)) for topic in ALL_TOPICS]
+            await rabbit.ensure_topics(declared)  # as the platform declared them (same arguments)
+            for name in rabbit.declared_topics():
+                await rabbit.delete_topic(name)
+        finally:
+            await rabbit.stop()
 
 
 # --- cancellation in flight, and an orchestrator killed mid-saga ------------------------------------------

@@ -12,7 +12,7 @@ from strowger.bus.rabbitmq import RabbitBus
 from strowger.errors import PermanentError
 from strowger.events.envelope import Category
 from strowger.events.topics import Topic
-from tests.conftest import unique
+from tests.conftest import delete_declared_topics, unique
 from tests.contract.bus_contract import PARTITIONS, BusContract, drain, message, quiet
 
 pytestmark = pytest.mark.integration
@@ -23,6 +23,7 @@ async def rabbit(rabbitmq_url: str) -> AsyncIterator[RabbitBus]:
     bus = RabbitBus(rabbitmq_url)
     await bus.start()
     yield bus
+    await delete_declared_topics(bus)
     await bus.stop()
 
 

@@ -9,6 +9,7 @@ import pytest
 from strowger.bus.port import Bus
 from strowger.bus.rabbitmq import RabbitBus
 from strowger.store.db import Database
+from tests.conftest import delete_declared_topics
 from tests.contract.runtime_contract import RuntimeContract
 
 pytestmark = pytest.mark.integration
@@ -24,4 +25,5 @@ class TestRuntimeOnRabbitPostgres(RuntimeContract):
         bus = RabbitBus(rabbitmq_url, publish_timeout=10.0)
         await bus.start()
         yield bus
+        await delete_declared_topics(bus)
         await bus.stop()

@@ -148,6 +148,10 @@ class RabbitBus(Bus):
         except BROKER_ERRORS as exc:
             raise ServiceUnavailable(f"cannot declare topics on RabbitMQ: {exc!r}") from exc
 
+    def declared_topics(self) -> list[str]:
+        """The topics this bus declared (ensured or first used), for :meth:`delete_topic`."""
+        return sorted(self._topics)
+
     async def topic(self, name: str) -> Topic:
         """The topic's definition: as ensured, else the catalogue's (declared on first use)."""
         if name not in self._topics:
