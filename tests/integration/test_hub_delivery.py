@@ -40,10 +40,12 @@ from strowger.tmf.delivery import (
     AiohttpWebhookClient,
     DeliveryOptions,
     DeliveryWorker,
+    Http1WebhookClient,
     HttpxWebhookClient,
     HubFanOut,
     HubRoute,
     ListenerUnavailable,
+    UnsendableDelivery,
     WebhookClient,
     queue_name,
 )
@@ -627,6 +629,27 @@ class WebhookClientContract:
                 writer.close()
             server.close()
             await server.wait_closed()
+
+
+class TestHttp1WebhookClient(WebhookClientContract):
+    @pytest.fixture
+    def client(self) -> WebhookClient:
+        return Http1WebhookClient(self.options)
+
+    async def test_a_host_never_checked_is_not_connected(
+        self, http: WebhookClient, listener: RealListener
+    ) -> None:
+        # localhost does resolve to the listener: this client resolves no name at all.
+        with pytest.raises(UnsendableDelivery, match="no checked address"):
+            await http.post(f"http://localhost:{listener.port}/unchecked", None, b"{}", {})
+        assert listener.at("/unchecked") == []
+
+    async def test_a_header_with_a_line_break_is_never_sent(
+        self, http: WebhookClient, listener: RealListener
+    ) -> None:
+        with pytest.raises(UnsendableDelivery, match="line break"):
+            await http.post(listener.url("/injected"), None, b"{}", {"X-Correlation-ID": "a\r\nX-Admin: 1"})
+        assert listener.at("/injected") == []
 
 
 class TestAiohttpWebhookClient(WebhookClientContract):

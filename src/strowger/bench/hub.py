@@ -3,10 +3,11 @@
 One run, one listener: a minimal HTTP/1.1 server (keep-alive, answers 204) in a
 child process, so it has a core of its own and costs both sides the same.
 
-* **peers** — a plain ``aiohttp`` loop (the ceiling: the client Strowger uses) and
-  a plain ``httpx.AsyncClient`` loop: ``concurrency`` tasks POST the same signed
-  bodies, nothing else (no database, no retries, no ordering).
-* **floor** — a hand-written *durable* deliverer with the same client (aiohttp): it reads the
+* **peers** — plain loops: ``concurrency`` tasks POST the same signed bodies, nothing else
+  (no database, no retries, no ordering), with Strowger's own HTTP/1.1 client
+  (:mod:`strowger.tmf.http1`: the ceiling), with ``aiohttp`` (the most used asyncio client)
+  and with ``httpx.AsyncClient`` (on a sample).
+* **floor** — a hand-written *durable* deliverer with Strowger's client: it reads the
   same events from the embedded bus's log with ``sqlite3``, 500 per partition at a time, POSTs
   them signed (one entity's events one after another, ``concurrency`` at once), and commits the
   partition's offset once the whole batch is delivered. At-least-once and ordered per entity,
@@ -31,7 +32,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
 from typing import Any
@@ -57,6 +58,7 @@ from strowger.tmf.delivery import (
     HubRoute,
     delivery_headers,
 )
+from strowger.tmf.http1 import Http1Client
 from strowger.tmf.hubs import HUB_TABLES, CallbackGuard, HubStore
 
 Progress = Callable[[str, float], None]
@@ -163,39 +165,74 @@ async def run_peer(
     } | _percentiles(latencies)
 
 
-async def run_aiohttp_peer(
-    url: str, events: Sequence[Envelope], concurrency: int, progress: Progress
+async def _plain_loop(
+    label: str,
+    post: Callable[[bytes, dict[str, str]], Awaitable[int]],
+    events: Sequence[Envelope],
+    concurrency: int,
+    progress: Progress,
+    start: float,
 ) -> dict[str, Any]:
-    """A plain aiohttp loop POSTing the same bodies (signed, same headers) to the same listener."""
+    """``concurrency`` tasks POSTing the same signed bodies with ``post``, nothing else."""
     messages = [encode(envelope, "bench") for envelope in events]
     latencies: list[float] = []
     next_index = iter(range(len(messages)))
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=10.0)
-    ) as session:
 
-        async def post_some() -> None:
-            for index in next_index:
-                message = messages[index]
-                headers = delivery_headers(message.headers, message.value, SECRET, 1)
-                headers["Content-Type"] = "application/json"
-                started = time.perf_counter()
-                async with session.post(url, data=message.value, headers=headers) as response:
-                    await response.read()
-                    latencies.append(time.perf_counter() - started)
-                    response.raise_for_status()
-                if index % 500 == 0:
-                    progress("peer: plain aiohttp loop", index / len(messages) / 4)
+    async def post_some() -> None:
+        for index in next_index:
+            message = messages[index]
+            headers = delivery_headers(message.headers, message.value, SECRET, 1)
+            headers["Content-Type"] = "application/json"
+            started = time.perf_counter()
+            status = await post(message.value, headers)
+            latencies.append(time.perf_counter() - started)
+            if not 200 <= status < 300:
+                raise RuntimeError(f"{label}: the listener answered {status}")
+            if index % 500 == 0:
+                progress(label, start + index / len(messages) / 8)
 
-        started = time.perf_counter()
-        await asyncio.gather(*(post_some() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
+    started = time.perf_counter()
+    await asyncio.gather(*(post_some() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
     return {
         "deliveries": len(messages),
         "seconds": round(elapsed, 3),
         "per_second": round(len(messages) / elapsed),
     } | _percentiles(latencies)
+
+
+async def run_aiohttp_peer(
+    url: str, events: Sequence[Envelope], concurrency: int, progress: Progress
+) -> dict[str, Any]:
+    """A plain aiohttp loop POSTing the same bodies (signed, same headers) to the same listener."""
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=10.0)
+    ) as session:
+
+        async def post(body: bytes, headers: dict[str, str]) -> int:
+            async with session.post(url, data=body, headers=headers) as response:
+                await response.read()
+                return response.status
+
+        return await _plain_loop("peer: plain aiohttp loop", post, events, concurrency, progress, 0.0)
+
+
+async def run_http1_peer(
+    url: str, events: Sequence[Envelope], concurrency: int, progress: Progress
+) -> dict[str, Any]:
+    """The same loop on Strowger's own client (:mod:`strowger.tmf.http1`): the hub's ceiling."""
+    client = Http1Client(timeout=10.0, max_idle=concurrency)
+
+    async def post(body: bytes, headers: dict[str, str]) -> int:
+        return (await client.post(url, None, body, headers)).status
+
+    try:
+        return await _plain_loop(
+            "peer: plain loop, Strowger's client", post, events, concurrency, progress, 1 / 8
+        )
+    finally:
+        await client.close()
 
 
 async def run_strowger(
@@ -262,10 +299,8 @@ async def run_floor(
     latencies: list[float] = []
     delivered = 0
     slots = asyncio.Semaphore(concurrency)
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=10.0)
-    ) as session:
+    client = Http1Client(timeout=10.0, max_idle=concurrency)  # the client Strowger's hub uses
+    try:
 
         async def post_in_order(rows: list[tuple[str, bytes]]) -> None:
             for headers_text, value in rows:  # one entity's events, one after another
@@ -273,9 +308,9 @@ async def run_floor(
                 headers["Content-Type"] = "application/json"
                 async with slots:
                     started = time.perf_counter()
-                    async with session.post(url, data=value, headers=headers) as response:
-                        await response.read()
-                        response.raise_for_status()
+                    response = await client.post(url, None, value, headers)
+                    if not 200 <= response.status < 300:
+                        raise RuntimeError(f"floor: the listener answered {response.status}")
                     latencies.append(time.perf_counter() - started)
 
         started = time.perf_counter()
@@ -294,6 +329,8 @@ async def run_floor(
             elapsed = time.perf_counter() - started
         finally:
             connection.close()
+    finally:
+        await client.close()
     return {
         "deliveries": delivered,
         "seconds": round(elapsed, 3),
@@ -337,6 +374,7 @@ def run_hub_bench(
 
         async def both() -> dict[str, Any]:
             aiohttp_peer = await run_aiohttp_peer(url, workload, concurrency, progress)
+            http1_peer = await run_http1_peer(url, workload, concurrency, progress)
             # httpx degrades badly under concurrency: a sample is enough for its rate, and bounded.
             peer = await run_peer(url, workload[:HTTPX_SAMPLE], concurrency, progress)
             with tempfile.TemporaryDirectory() as directory:
@@ -352,7 +390,13 @@ def run_hub_bench(
                     await _drop(database)
                     await database.close()
             strowger.pop("topic", None)
-            return {"strowger": strowger, "aiohttp_peer": aiohttp_peer, "peer": peer, "floor": floor}
+            return {
+                "strowger": strowger,
+                "floor": floor,
+                "http1_peer": http1_peer,
+                "aiohttp_peer": aiohttp_peer,
+                "peer": peer,
+            }
 
         figures = uvloop.run(both())
     finally:
@@ -380,6 +424,7 @@ def render_table(result: dict[str, Any]) -> Table:
     sides = (
         ("strowger", "Strowger hub (bus → fan-out → worker)"),
         ("floor", "hand-written durable deliverer (log → POST → offset)"),
+        ("http1_peer", "plain loop, Strowger's HTTP client"),
         ("aiohttp_peer", "plain aiohttp loop"),
         ("peer", f"plain httpx loop (first {HTTPX_SAMPLE})"),
     )

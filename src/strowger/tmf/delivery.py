@@ -46,6 +46,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import ssl
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -69,6 +70,7 @@ from strowger.store.db import Database, Row, TableSet, Transaction
 from strowger.store.deadletters import PARKED_TABLES, Failure, ParkingLot, Status, now
 from strowger.store.inbox import Inbox
 from strowger.tmf.errors import ApiError
+from strowger.tmf.http1 import Http1Client, Http1Error, Http1Timeout, InvalidRequest
 from strowger.tmf.hubs import (
     HUB_TABLES,
     SIGNATURE_HEADER,
@@ -519,6 +521,10 @@ class CallbackRefused(PermanentError):
     """The SSRF guard refused the callback at delivery time: dead-lettered."""
 
 
+class UnsendableDelivery(PermanentError):
+    """The request cannot be made as asked (a header with a line break, a URL with no host): dead-lettered."""
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     """What a listener answered: status, reason, its Retry-After, the start of its body."""
@@ -532,10 +538,11 @@ class Answer:
 class WebhookClient(ABC):
     """The HTTP/1.1 client under :class:`WebhookSender`: POSTs to an address the guard accepted.
 
-    One implementation per HTTP library (:class:`AiohttpWebhookClient`, the default;
-    :class:`HttpxWebhookClient`, whose transports tests inject); both pass the same
-    contract tests. A client follows no redirect (it would go past the guard), uses no
-    proxy from the environment, and keeps connections alive per listener.
+    One implementation per HTTP library (:class:`Http1WebhookClient`, the default;
+    :class:`AiohttpWebhookClient`; :class:`HttpxWebhookClient`, whose transports tests
+    inject); all pass the same contract tests. A client follows no redirect (it would go
+    past the guard), uses no proxy from the environment, and keeps connections alive per
+    listener.
     """
 
     @abstractmethod
@@ -705,6 +712,40 @@ class AiohttpWebhookClient(WebhookClient):
         return _detail(b"".join(chunks))
 
 
+class Http1WebhookClient(WebhookClient):
+    """Strowger's lean HTTP/1.1 client (:mod:`strowger.tmf.http1`, on httptools): the default.
+
+    About a quarter of aiohttp's CPU per POST (docs/benchmarks.md, Hub, session 19). It
+    connects only to the address given (it resolves no name), keeps connections alive per
+    listener and reads at most ``max_response_bytes`` of an answer.
+    """
+
+    def __init__(self, options: DeliveryOptions, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.options = options
+        self.http = Http1Client(
+            timeout=options.timeout,
+            max_body=options.max_response_bytes,
+            max_idle=options.max_in_flight,
+            ssl_context=ssl_context,
+        )
+
+    async def close(self) -> None:
+        await self.http.close()
+
+    async def post(self, url: str, address: str | None, body: bytes, headers: Mapping[str, str]) -> Answer:
+        try:
+            response = await self.http.post(url, address, body, headers)
+        except Http1Timeout as exc:
+            raise ListenerUnavailable(f"POST {url} timed out: {exc}") from exc
+        except Http1Error as exc:
+            raise ListenerUnavailable(f"POST {url} failed: {exc}") from exc
+        except InvalidRequest as exc:
+            raise UnsendableDelivery(f"POST {url} cannot be sent: {exc}") from exc
+        return Answer(
+            response.status, response.reason, response.headers.get("retry-after"), _detail(response.body)
+        )
+
+
 def _detail(body: bytes) -> str:
     return body[:200].decode("utf-8", errors="replace").strip()
 
@@ -712,7 +753,7 @@ def _detail(body: bytes) -> str:
 class WebhookSender:
     """POSTs notification bodies to callbacks: guard checked, address pinned, outcome classified.
 
-    ``client`` is the HTTP client (default :class:`AiohttpWebhookClient`); ``transport``
+    ``client`` is the HTTP client (default :class:`Http1WebhookClient`); ``transport``
     is the shorthand for an :class:`HttpxWebhookClient` on that httpx transport (tests).
     The guard's verdict on a host is reused for ``options.address_ttl`` seconds.
     """
@@ -728,7 +769,7 @@ class WebhookSender:
         self.guard = guard
         self.options = options
         if client is None:
-            client = HttpxWebhookClient(options, transport) if transport else AiohttpWebhookClient(options)
+            client = HttpxWebhookClient(options, transport) if transport else Http1WebhookClient(options)
         self.client = client
         self._checked: dict[tuple[str, str, int | None], tuple[float, str | None]] = {}
         self._by_callback: dict[str, tuple[float, str | None]] = {}
