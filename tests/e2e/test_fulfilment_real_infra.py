@@ -90,15 +90,16 @@ async def test_fault_matrix_on_postgresql_and_rabbitmq(
     settings = platform_settings(postgres_url, rabbitmq_url, schema)
     try:
         await assert_matrix_holds(settings, step_timeout=12.0)
-    finally:  # the broker keeps the run's streams (54 a run) unless they are deleted
+    finally:  # the broker keeps the run's streams (54) and group queues unless they are deleted
         rabbit = RabbitBus(rabbitmq_url)
         await rabbit.start()
         try:
             namespace = Namespace(settings.bus_namespace)
             declared = [replace(topic, name=namespace.outward(topic.name)) for topic in ALL_TOPICS]
             await rabbit.ensure_topics(declared)  # as the platform declared them (same arguments)
+            groups = [namespace.outward(runner.consumer.name) for runner in bootstrap(settings).runners]
             for name in rabbit.declared_topics():
-                await rabbit.delete_topic(name)
+                await rabbit.delete_topic(name, groups)
         finally:
             await rabbit.stop()
 

@@ -235,10 +235,12 @@ class RabbitBus(Bus):
             return scan.end
         return (await scan_stream(channel, queue_name, "last")).end
 
-    async def delete_topic(self, name: str) -> None:
-        """Delete a topic's exchange and partition queues, and the group state this bus created for it.
+    async def delete_topic(self, name: str, groups: Sequence[str] = ()) -> None:
+        """Delete a topic's exchange and partition queues, and its consumer groups' state.
 
-        An administrative helper (tests, decommissioning): not part of the bus port.
+        The groups are those this bus subscribed with, and ``groups`` (another process's, whose
+        names the caller knows). An administrative helper (tests, decommissioning): not part of
+        the bus port.
         """
         topic = await self.topic(name)
         channel = await self._open_channel()
@@ -246,9 +248,8 @@ class RabbitBus(Bus):
             for partition in range(topic.partitions):
                 await channel.queue_delete(partition_queue(name, partition))
             await channel.exchange_delete(name)
-            for group, topic_name in sorted(self._declared_groups):
-                if topic_name != name:
-                    continue
+            declared = {group for group, topic_name in self._declared_groups if topic_name == name}
+            for group in sorted(declared | set(groups)):
                 for queue in (lease_queue(group, name), f"{lease_queue(group, name)}.seeded"):
                     await channel.queue_delete(queue)
                 for partition in range(topic.partitions):
