@@ -259,3 +259,32 @@ def test_it_runs_on_uvloop_as_the_platform_serves() -> None:
             await http.close()
 
     assert uvloop.run(exchange()) == [204, 204, 204]
+
+
+async def test_connections_idle_too_long_are_closed_and_not_reused() -> None:
+    http = Http1Client(timeout=2.0, idle_timeout=0.2)
+    opened: list[str] = []
+    ended: list[str] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = str(writer.get_extra_info("peername"))
+        opened.append(peer)
+        while await read_request(reader) is not None:
+            writer.write(NO_CONTENT)
+            await writer.drain()
+        ended.append(peer)
+
+    try:
+        async with serving(answer) as first, serving(answer) as second:
+            await http.post(f"http://127.0.0.1:{first}/cb", None, b"{}", {})
+            await http.post(f"http://127.0.0.1:{first}/cb", None, b"{}", {})
+            assert len(opened) == 1  # kept alive while fresh
+            await asyncio.sleep(0.3)
+            await http.post(f"http://127.0.0.1:{second}/cb", None, b"{}", {})  # sweeps the first's
+            await asyncio.sleep(0.1)
+            assert ended == opened[:1]  # the first listener's idle connection was closed by us
+            await asyncio.sleep(0.3)
+            await http.post(f"http://127.0.0.1:{second}/cb", None, b"{}", {})
+            assert len(opened) == 3  # the second listener's stale connection was not reused
+    finally:
+        await http.close()

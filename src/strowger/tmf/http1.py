@@ -135,6 +135,7 @@ class _Connection(asyncio.Protocol):
         self._exchange: _Exchange | None = None
         self.reusable = False  # the last answer was complete and the listener keeps the connection
         self.lost = False
+        self.idle_since = 0.0  # loop time it was last put back in the pool
 
     # --- asyncio ------------------------------------------------------------------------------
 
@@ -245,8 +246,9 @@ class Http1Client:
     """POSTs over kept-alive HTTP/1.1 connections; one instance serves every listener.
 
     ``timeout`` bounds each POST (connect, write and read); at most ``max_idle`` connections
-    per origin are kept between POSTs; ``ssl_context`` verifies listeners' certificates
-    (the system's trust store by default).
+    per origin are kept between POSTs, each for at most ``idle_timeout`` seconds (so a hub
+    with thousands of listeners does not hold a socket to each for ever); ``ssl_context``
+    verifies listeners' certificates (the system's trust store by default).
     """
 
     def __init__(
@@ -255,14 +257,17 @@ class Http1Client:
         timeout: float,
         max_body: int = 64 * 1024,
         max_idle: int = 128,
+        idle_timeout: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.timeout = timeout
         self.max_body = max_body
         self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
         self._ssl_context = ssl_context
-        self._idle: dict[_Origin, list[_Connection]] = {}
+        self._idle: dict[_Origin, list[_Connection]] = {}  # per origin, oldest first
         self._open: set[_Connection] = set()
+        self._swept_at = 0.0
 
     async def post(
         self, url: str, address: str | None, body: bytes, headers: Mapping[str, str]
@@ -277,6 +282,9 @@ class Http1Client:
             raise InvalidRequest(f"no checked address for {target.host!r}: this client resolves no name")
         head = _head(target, len(body), headers)
         origin = (target.scheme, target.host, target.port, address or target.host)
+        now = asyncio.get_running_loop().time()
+        if now - self._swept_at >= self.idle_timeout:
+            self._sweep(now)
         try:
             async with asyncio.timeout(self.timeout):
                 return await self._exchange(origin, head, body)
@@ -314,18 +322,34 @@ class Http1Client:
 
     def _take_idle(self, origin: _Origin) -> _Connection | None:
         idle = self._idle.get(origin)
+        if not idle:
+            return None
+        expired = asyncio.get_running_loop().time() - self.idle_timeout
         while idle:
-            connection = idle.pop()
-            if connection.usable:
+            connection = idle.pop()  # the most recently used: the likeliest to be alive
+            if connection.usable and connection.idle_since > expired:
                 return connection
-            self._open.discard(connection)
+            self._discard(connection)
         return None
 
     def _release(self, origin: _Origin, connection: _Connection) -> None:
         idle = self._idle.setdefault(origin, [])
         if connection.usable and len(idle) < self.max_idle:
+            connection.idle_since = asyncio.get_running_loop().time()
             idle.append(connection)
             return
+        self._discard(connection)
+
+    def _sweep(self, now: float) -> None:
+        """Close the connections idle for longer than ``idle_timeout``; forget origins left empty."""
+        self._swept_at = now
+        for origin, idle in list(self._idle.items()):
+            while idle and (now - idle[0].idle_since >= self.idle_timeout or not idle[0].usable):
+                self._discard(idle.pop(0))
+            if not idle:
+                del self._idle[origin]
+
+    def _discard(self, connection: _Connection) -> None:
         connection.close()
         self._open.discard(connection)
 
