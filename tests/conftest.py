@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from urllib.parse import urlsplit
 
 import pytest
@@ -107,8 +107,9 @@ def unique(prefix: str) -> str:
     return f"{prefix}.{uuid.uuid4().hex[:10]}"
 
 
-async def delete_declared_topics(bus: RabbitBus) -> None:
-    """Delete the topics ``bus`` declared: the broker keeps every stream a test makes, and a
-    developer's broker must not fill up (hundreds of them slowed it until it failed)."""
+async def delete_declared_topics(bus: RabbitBus, groups: Sequence[str] = ()) -> None:
+    """Delete the topics ``bus`` declared, with ``groups``' state on them: the broker keeps every
+    stream a test makes, and a developer's broker must not fill up (hundreds of them slowed it
+    until it failed)."""
     for name in bus.declared_topics():
-        await bus.delete_topic(name)
+        await bus.delete_topic(name, groups)

@@ -42,6 +42,7 @@ from strowger.settings import Settings
 from strowger.store.db import Database
 from strowger.store.postgres import PostgresDatabase
 from strowger.verify.run import verify_sagas
+from tests.conftest import delete_declared_topics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -98,8 +99,7 @@ async def test_fault_matrix_on_postgresql_and_rabbitmq(
             declared = [replace(topic, name=namespace.outward(topic.name)) for topic in ALL_TOPICS]
             await rabbit.ensure_topics(declared)  # as the platform declared them (same arguments)
             groups = [namespace.outward(runner.consumer.name) for runner in bootstrap(settings).runners]
-            for name in rabbit.declared_topics():
-                await rabbit.delete_topic(name, groups)
+            await delete_declared_topics(rabbit, groups)
         finally:
             await rabbit.stop()
 

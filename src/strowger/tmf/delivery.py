@@ -70,7 +70,7 @@ from strowger.store.db import Database, Row, TableSet, Transaction
 from strowger.store.deadletters import PARKED_TABLES, Failure, ParkingLot, Status, now
 from strowger.store.inbox import Inbox
 from strowger.tmf.errors import ApiError
-from strowger.tmf.http1 import Http1Client, Http1Error, Http1Timeout, InvalidRequest
+from strowger.tmf.http1 import Http1Client, Http1Error, Http1Timeout, InvalidRequest, is_ip_literal
 from strowger.tmf.hubs import (
     HUB_TABLES,
     SIGNATURE_HEADER,
@@ -819,7 +819,7 @@ class WebhookSender:
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
         addresses = await self._check(callback)
-        address = None if _is_literal(host) else addresses[0]
+        address = None if is_ip_literal(host) else addresses[0]
         self._checked[key] = (time.monotonic() + self.options.address_ttl, address)
         return address
 
@@ -830,14 +830,6 @@ class WebhookSender:
             raise ListenerUnavailable(str(exc)) from exc  # DNS may answer again later
         except UnsafeCallback as exc:
             raise CallbackRefused(str(exc)) from exc
-
-
-def _is_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _retry_after(value: str | None, cap: float) -> float | None:

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-__all__ = ["Http1Client", "Http1Error", "Http1Response", "Http1Timeout", "InvalidRequest"]
+__all__ = ["Http1Client", "Http1Error", "Http1Response", "Http1Timeout", "InvalidRequest", "is_ip_literal"]
 
 
 class Http1Error(Exception):
@@ -65,14 +65,16 @@ class _Target:
     port: int
     path: bytes  # path and query, as sent on the request line
     host_header: bytes  # the URL's netloc, as written (the name, not the address connected to)
+    literal: bool  # the host is an IP address: nothing to resolve
 
-    @property
-    def literal(self) -> bool:
-        try:
-            ipaddress.ip_address(self.host)
-        except ValueError:
-            return False
-        return True
+
+def is_ip_literal(host: str) -> bool:
+    """Whether ``host`` (without brackets) is an IP address rather than a name."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 @lru_cache(maxsize=4096)
@@ -86,7 +88,12 @@ def _target(url: str) -> _Target:
         raise InvalidRequest(f"bad port in {url!r}") from exc
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return _Target(
-        parts.scheme, parts.hostname, port, _ascii(path, "URL path"), _ascii(parts.netloc, "URL host")
+        parts.scheme,
+        parts.hostname,
+        port,
+        _ascii(path, "URL path"),
+        _ascii(parts.netloc, "URL host"),
+        is_ip_literal(parts.hostname),
     )
 
 
