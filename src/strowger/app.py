@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,16 +27,21 @@ from strowger.tmf.errors import JsonResponse, unrouted_error
 NO_NATIVE_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
-def create_app(platform: Platform, security: SecuritySettings | None = None) -> FastAPI:
+def create_app(
+    platform: Platform, security: SecuritySettings | None = None, *, freeze_heap: bool = False
+) -> FastAPI:
     """The ASGI application serving ``platform``; starting it starts the platform.
 
     Every route but /health and /ready needs credentials (``security``, by default from the
     STROWGER_SECURITY_* environment); every request gets a span and a correlation id.
+    ``freeze_heap``: the serving process (``strowger run``) sets it, see :func:`freeze_startup_heap`.
     """
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await platform.start()
+        if freeze_heap:
+            freeze_startup_heap()
         try:
             yield
         finally:
@@ -87,6 +93,18 @@ def create_app(platform: Platform, security: SecuritySettings | None = None) -> 
     app.add_middleware(TracingMiddleware)  # the correlation id exists before anything else runs
     app.add_middleware(ServingMarker, pacer=platform.pacer)
     return app
+
+
+def freeze_startup_heap() -> None:
+    """Keep what start-up built (modules, schemas, routes, catalogs) out of every later full
+    garbage collection: they live as long as the process, yet each full collection walked them
+    all with the event loop stopped (up to 140 ms, three times in ten seconds of load).
+
+    For a serving process only: what is frozen is never collected, so a test process starting
+    many platforms would keep each one's leftovers.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class ServingMarker:

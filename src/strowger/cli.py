@@ -124,7 +124,7 @@ def run(
             f"admin API key (send as X-API-Key): [bold]{admin_key}[/]", highlight=False, soft_wrap=True
         )
     uvicorn.run(
-        create_app(platform, security),
+        create_app(platform, security, freeze_heap=True),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from strowger.bus.pacing import LoopPacer
 from strowger.components.ordering.aggregate import ProductOrder
 from strowger.ops.metrics import Metrics
 from strowger.projections.engine import (
@@ -176,6 +177,29 @@ class ProjectionContract:
         await asyncio.gather(first.catch_up(), second.catch_up())
         rows = await view_rows(database, projection)
         assert [(row[0], row[1], row[4]) for row in rows] == [("s0", 10, 0), ("s1", 10, 0), ("s2", 10, 0)]
+
+    async def test_a_paced_runner_applies_batches_of_the_pacers_size_and_charges_their_time(
+        self, database: Database, store: SqlEventStore, source: EventStoreSource
+    ) -> None:
+        projection = make_totals()
+        await append(store, "a", [1] * 7)
+        pacer = RecordingPacer(allowed=2)
+        runner = self.runner(projection, source, database, batch_size=500, pacer=pacer)
+        task = asyncio.create_task(runner.run())
+        try:
+            for _ in range(1000):  # 10 s at most
+                if not (await status(database, source, projection)).lag:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert await view_rows(database, projection) == [("a", 7, 7, 7, 0)]
+        assert pacer.asked[0] == (500, 0.0)  # nothing measured yet: the runner's own size is offered
+        assert all(seconds > 0 for _, seconds in pacer.asked[1:4])  # then the last batch's cost
+        assert len(pacer.charged) == 4  # 2 + 2 + 2 + 1: every batch's time counted against the share
+        assert pacer.turns >= 3  # and a turn through the pacer after each full batch
 
     # --- lag --------------------------------------------------------------------------------
 
@@ -415,3 +439,25 @@ async def _tables(database: Database) -> set[str]:
     else:
         rows = await database.fetchall("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
     return {str(row[0]) for row in rows}
+
+
+class RecordingPacer(LoopPacer):
+    """A pacer allowing ``allowed`` events per batch, recording what the runner asked and spent."""
+
+    def __init__(self, allowed: int) -> None:
+        super().__init__()
+        self.allowed = allowed
+        self.asked: list[tuple[int, float]] = []
+        self.charged: list[float] = []
+        self.turns = 0
+
+    def batch_size(self, largest: int, seconds_per_event: float) -> int:
+        self.asked.append((largest, seconds_per_event))
+        return self.allowed
+
+    def spent(self, seconds: float) -> None:
+        self.charged.append(seconds)
+
+    async def turn(self) -> None:
+        self.turns += 1
+        await asyncio.sleep(0)

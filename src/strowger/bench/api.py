@@ -259,7 +259,8 @@ def floor_app(path: Path) -> tuple[Starlette, Callable[[], int]]:
 def platform_app(platform: Platform, api_key: str) -> ASGIApp:
     """What ``strowger run all`` serves: the whole app and security, one admin API key."""
     entry = ApiKeyEntry(name="bench", sha256=hash_api_key(api_key), scopes=("admin",))
-    return create_app(platform, load_security_settings(api_keys=(entry,), api_keys_file=None))
+    security = load_security_settings(api_keys=(entry,), api_keys_file=None)
+    return create_app(platform, security, freeze_heap=True)
 
 
 def without_consumers(platform: Platform) -> Platform:

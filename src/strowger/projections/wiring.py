@@ -89,6 +89,7 @@ def install(platform: Platform, projections: Sequence[Projection] | None = None)
             else SagaLogSource(platform.database),
             platform.database,
             metrics=platform.metrics,
+            pacer=platform.pacer if platform.database.kind == "sqlite" else None,  # bus/pacing.py
         )
         for projection in chosen
     ]
