@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI, Response
@@ -19,7 +19,7 @@ from strowger.bootstrap import Platform
 from strowger.bus.pacing import LoopPacer
 from strowger.ops.tracing import TracingMiddleware
 from strowger.security import SecuritySettings, install_security, load_security_settings
-from strowger.tmf.errors import JsonResponse, unrouted_error
+from strowger.tmf.errors import JsonResponse, TmfRoute, unrouted_error
 
 # Strowger traces its requests itself (TracingMiddleware: span, correlationId) and counts
 # them in its own metrics; FastAPI's native telemetry would only duplicate them should a
@@ -89,6 +89,7 @@ def create_app(
     for router in platform.routers:
         app.include_router(PrefixGate(router) if router.prefix else router)
     app.state.index_links = platform.index_links
+    app.add_middleware(DirectRoutes, routes=direct_routes(platform.routers))  # innermost: after security
     install_security(app, security or load_security_settings())
     app.add_middleware(TracingMiddleware)  # the correlation id exists before anything else runs
     app.add_middleware(ServingMarker, pacer=platform.pacer)
@@ -124,6 +125,51 @@ class ServingMarker:
             await self.app(scope, receive, send)
         finally:
             self.pacer.served(time.perf_counter() - started)
+
+
+DirectTable = dict[tuple[str, str], ASGIApp]
+
+
+def direct_routes(routers: Iterable[APIRouter]) -> DirectTable:
+    """(method, path) → the route as a bare ASGI app, for every TMF route that can be served so
+    (:meth:`TmfRoute.direct_app`): fixed paths whose endpoint takes the Request and returns a
+    Response, such as every resource creation (``POST …/productOrder``). First route wins, as
+    in routing."""
+    table: DirectTable = {}
+    for router in routers:
+        for route in router.routes:
+            if not isinstance(route, TmfRoute) or (direct := route.direct_app()) is None:
+                continue
+            for method in route.methods or ():
+                table.setdefault((method, route.path), direct)
+    return table
+
+
+class DirectRoutes:
+    """The innermost of Strowger's middlewares: a request for a route of the direct table goes
+    straight to it; every other request goes on to FastAPI's exception middleware and router.
+
+    Outside it, everything still applies to every request: FastAPI's server-error guard, the
+    pacer's mark, tracing, authentication and the input limits. Inside, FastAPI would only
+    find the route by trying each router in turn and wrap the call in machinery a route of
+    the table does not use (measured: 100 to 150 µs of a ~1.2 ms POST).
+    """
+
+    def __init__(self, app: ASGIApp, routes: DirectTable) -> None:
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            root: str = scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root) :]
+            direct = self.routes.get((scope["method"], path))
+            if direct is not None:
+                await direct(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class PrefixGate(APIRouter):
