@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-import pytest
+from typing import Any
 
-from strowger.security.limits import PARSED_BODY, InputLimits, LimitExceeded, check_json, is_json, parsed_json
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from strowger.security.limits import (
+    PARSED_BODY,
+    InputLimits,
+    LimitExceeded,
+    _name_first_offender,
+    check_json,
+    is_json,
+    parsed_json,
+)
 
 LIMITS = InputLimits(max_body_bytes=1000, max_array_length=3, max_string_length=5, max_json_depth=4)
 
@@ -50,6 +62,30 @@ def test_a_hostile_depth_does_not_exhaust_the_stack() -> None:
 
     with pytest.raises(LimitExceeded, match="nesting deeper"):
         check_json(document, InputLimits(max_json_depth=50))
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=7),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=7), inner, max_size=5),
+    max_leaves=40,
+)
+
+
+@given(JSON_VALUES)
+def test_the_quick_walk_refuses_exactly_what_the_naming_walk_names(document: Any) -> None:
+    def named() -> str | None:
+        try:
+            _name_first_offender(document, LIMITS)
+        except LimitExceeded as exc:
+            return exc.message
+        return None
+
+    try:
+        check_json(document, LIMITS)
+    except LimitExceeded as exc:
+        assert exc.message == named()
+    else:
+        assert named() is None
 
 
 @pytest.mark.parametrize(

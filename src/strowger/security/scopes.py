@@ -16,6 +16,7 @@ otherwise its ``apiName`` from the path. A route nobody classified needs
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -157,6 +158,9 @@ DEFAULT_RULES: tuple[Rule, ...] = (
 )
 
 
+REQUIREMENT_CACHE_SIZE = 4096  # (method, path) pairs whose requirement is remembered
+
+
 class RouteTable:
     """Maps (method, path) to a :class:`Requirement`.
 
@@ -176,8 +180,12 @@ class RouteTable:
         self.rules: tuple[Rule, ...] = (*public, *overrides, *defaults)
         # Patterns split once, not per request (every request walks this table).
         self._split = tuple((rule, _segments(rule.pattern)) for rule in self.rules)
+        # Most requests go to a few paths (a collection's POST, its list): each walks the
+        # table once. Bounded, since item paths carry ids.
+        self.requirement = functools.lru_cache(maxsize=REQUIREMENT_CACHE_SIZE)(self._requirement)
 
-    def requirement(self, method: str, path: str) -> Requirement:
+    def _requirement(self, method: str, path: str) -> Requirement:
+        """What ``method`` on ``path`` needs (:attr:`requirement` is this, cached)."""
         upper = method.upper()
         segments = _segments(path)
         for rule, pattern in self._split:
