@@ -171,13 +171,27 @@ def bench_api(
     concurrency: Annotated[int, typer.Option(min=1, help="concurrent keep-alive clients")] = 32,
     warm_up: Annotated[int, typer.Option(min=0, help="POSTs before measuring, per side")] = 500,
     max_seconds: Annotated[float, typer.Option(min=1, help="a side stops early after this long")] = 60.0,
+    rate: Annotated[
+        float, typer.Option(min=1, help="requests a second offered on the @ rate (open loop) sides")
+    ] = 1000.0,
+    open_connections: Annotated[
+        int, typer.Option(min=1, help="keep-alive connections of the open loop")
+    ] = 64,
     as_json: Annotated[bool, typer.Option("--json", help="print every figure as one JSON line last")] = False,
 ) -> None:
-    """POST productOrder req/s and p50/p99 on the embedded default, beside a Starlette + SQLite floor."""
+    """POST productOrder req/s and p50/p99 on the embedded default, beside a Starlette + SQLite floor:
+    closed loops (as fast as answers come back) and open loops at ``--rate`` (the target's test)."""
     from strowger.bench.api import Plan as ApiPlan
     from strowger.bench.api import render_table as render_api_table
     from strowger.bench.api import run_api_bench
 
-    plan = ApiPlan(requests=requests, concurrency=concurrency, warm_up=warm_up, max_seconds=max_seconds)
+    plan = ApiPlan(
+        requests=requests,
+        concurrency=concurrency,
+        warm_up=warm_up,
+        max_seconds=max_seconds,
+        rate=rate,
+        open_connections=open_connections,
+    )
     result = run_with_progress(lambda progress: run_api_bench(plan, progress))
     report(result, render_api_table(result), as_json)
