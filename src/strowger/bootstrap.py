@@ -84,12 +84,13 @@ class Platform:
     runners: list[ConsumerRunner] = field(default_factory=list)
     index_links: list[tuple[str, str]] = field(default_factory=list)
     alerts: Any = None  # the AlertMonitor, once monitoring is installed (dashboard reads active alerts)
-    pacer: LoopPacer = field(default_factory=LoopPacer)  # consumers leave HTTP its share of the loop
+    pacer: LoopPacer = field(init=False)  # requests first: consumers get what HTTP leaves of the loop
     started: bool = False
     _running: list[asyncio.Task[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.observer = MetricsObserver(self.metrics)
+        self.pacer = LoopPacer(self.settings.background_share)
 
     def sink(self, producer: str) -> OutboxSink:
         """Where component ``producer`` emits its events (the transactional outbox)."""

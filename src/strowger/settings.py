@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     hub_direct_delivery: bool = True
     # Seconds a batch's direct POSTs may take before the rest is queued.
     hub_direct_budget: float = Field(2.0, gt=0, le=60)
+    # SQLite, one process: the least share of the event loop the consumers and projections keep
+    # while HTTP requests keep it busy (requests come first; bus/pacing.py).
+    background_share: float = Field(0.1, gt=0, le=1)
 
     @field_validator("database_url")
     @classmethod

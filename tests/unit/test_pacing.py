@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from strowger.bus.pacing import LoopPacer
@@ -107,3 +109,26 @@ async def test_turn_returns_at_once_when_nothing_is_owed() -> None:
 def test_a_share_outside_zero_to_one_is_refused() -> None:
     with pytest.raises(ValueError, match="share"):
         LoopPacer(0.0)
+
+
+def test_requests_come_first_the_consumers_get_what_they_leave_but_never_less_than_the_share() -> None:
+    clock = Clock()
+    paced = LoopPacer(0.1, load_window=0.5, busy_load=0.2, reserve=0.15, clock=clock)
+    paced.served(0.2)  # requests took 0.4 of the loop lately
+    assert paced.load == pytest.approx(0.4)
+    assert paced.allowance == pytest.approx(1 - 0.4 - 0.15)
+    busy_api(paced, clock, seconds=3.0)  # now they take all of it
+    assert paced.load > 0.9
+    assert paced.allowance == 0.1
+    paced.spent(0.25)  # a batch of 0.25 s against a bucket of at most 0.05
+    assert paced.delay() == pytest.approx(0.2 / 0.1, rel=0.01)  # repaid at the share only
+
+
+def test_the_platform_paces_by_its_background_share_setting(tmp_path: Path) -> None:
+    from strowger.bootstrap import empty_platform
+    from strowger.settings import Settings
+
+    platform = empty_platform(Settings(database_url=f"sqlite:///{tmp_path}/s.db", background_share=0.25))
+    assert platform.pacer.share == 0.25
+    with pytest.raises(ValueError, match="background_share"):
+        Settings(background_share=0)

@@ -5,9 +5,17 @@ API share one event loop, and SQLite work never suspends: a consumer with a back
 would run batch after batch while every HTTP request waits, and a closed-loop client
 then gets the fulfilment rate (a few orders a second), not the API's.
 
-:class:`LoopPacer` keeps the consumers' batches to ``share`` of the loop's wall time
-**while the API is busy** (serving requests took at least ``busy_load`` of the loop
-over about the last ``load_window`` seconds); and while any request is being served,
+**Requests come first.** While the API is busy (serving requests took at least ``busy_load``
+of the loop over about the last ``load_window`` seconds), :class:`LoopPacer` holds the
+consumers' batches (and the projections') to what the requests leave: ``1 - load -
+reserve`` of the loop's wall time, and never less than ``share`` (``STROWGER_BACKGROUND_SHARE``,
+default 0.1), so fulfilment still moves under a flood of orders. The ``reserve`` is spare loop
+time the requests can grow into: when they need more, their load rises and the consumers'
+allowance falls, until the requests have what they need or the consumers are down to
+``share``. (Until session 20 the consumers kept half the loop while the API was busy: the
+platform then accepted orders at half the rate of the API alone during a burst, while
+fulfilment, at tens of orders a second in one process, fell behind anyway.) And while any
+request is being served,
 a batch takes only as many events as fit ``batch_budget`` seconds at the consumer's
 last cost per event (a batch of a hundred saga steps held the loop for up to two
 seconds), so requests interleave with batches. With the API idle or lightly used
@@ -28,7 +36,8 @@ import math
 import time
 from collections.abc import Callable
 
-DEFAULT_SHARE = 0.5  # of the loop for consumers while the API is busy: each side keeps half
+DEFAULT_SHARE = 0.1  # of the loop the consumers keep however busy the API is
+RESERVE = 0.15  # of the loop left spare for requests to grow into while the API is busy
 LOAD_WINDOW = 0.5  # seconds over which the API's share of the loop is averaged (decay constant)
 BUSY_LOAD = 0.2  # the API is busy while serving requests takes at least this share of the loop
 BATCH_BUDGET = 0.01  # seconds a consumer batch should hold the loop while the API is busy
@@ -38,8 +47,8 @@ BURST = 0.05  # seconds of loop time the consumers may take at once after a paus
 class LoopPacer:
     """Shares one event loop between HTTP requests (foreground) and consumer batches (background).
 
-    A token bucket of loop time: it fills at ``share`` seconds per second of wall time (up to
-    ``burst``); a batch run while the API is busy takes its duration out, and no batch
+    A token bucket of loop time: it fills at :attr:`allowance` seconds per second of wall time
+    (up to ``burst``); a batch run while the API is busy takes its duration out, and no batch
     starts while the bucket is in debt. Several consumers may run in one turn of the loop as
     long as time is left (one turn can last tens of milliseconds when many requests arrive
     together, so a single "next batch at" mark would let one batch through per turn).
@@ -51,6 +60,7 @@ class LoopPacer:
         *,
         load_window: float = LOAD_WINDOW,
         busy_load: float = BUSY_LOAD,
+        reserve: float = RESERVE,
         batch_budget: float = BATCH_BUDGET,
         burst: float = BURST,
         clock: Callable[[], float] = time.monotonic,
@@ -58,6 +68,7 @@ class LoopPacer:
         if not 0 < share <= 1:
             raise ValueError("share must be in (0, 1]")
         self.share = share
+        self.reserve = reserve
         self.load_window = load_window
         self.busy_load = busy_load
         self.batch_budget = batch_budget
@@ -79,6 +90,12 @@ class LoopPacer:
     def load(self) -> float:
         """The share of the loop spent serving requests lately (0 to about 1)."""
         return self._load_now(self.clock())
+
+    @property
+    def allowance(self) -> float:
+        """The share of the loop batches may take while the API is busy: what the requests leave
+        (less the reserve), at least ``share``."""
+        return max(self.share, min(1.0, 1.0 - self.load - self.reserve))
 
     @property
     def busy(self) -> bool:
@@ -106,7 +123,7 @@ class LoopPacer:
 
     def spent(self, seconds: float) -> None:
         """A batch took ``seconds`` of the loop: taken from the bucket while the API is busy."""
-        if self.busy and self.share < 1:
+        if self.busy and self.allowance < 1:
             self._fill()
             self._tokens -= seconds
 
@@ -118,11 +135,11 @@ class LoopPacer:
         ever owed to requests.
         """
         self._fill()
-        return 0.0 if self._tokens > 0 else -self._tokens / self.share
+        return 0.0 if self._tokens > 0 else -self._tokens / self.allowance
 
     def _fill(self) -> None:
         now = self.clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._filled_at) * self.share)
+        self._tokens = min(self.burst, self._tokens + (now - self._filled_at) * self.allowance)
         self._filled_at = now
 
     async def turn(self) -> None:
