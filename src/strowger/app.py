@@ -121,6 +121,7 @@ class ServingMarker:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        self.pacer.begin()
         try:
             await self.app(scope, receive, send)
         finally:

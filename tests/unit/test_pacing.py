@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -111,17 +112,50 @@ def test_a_share_outside_zero_to_one_is_refused() -> None:
         LoopPacer(0.0)
 
 
-def test_requests_come_first_the_consumers_get_what_they_leave_but_never_less_than_the_share() -> None:
+def test_under_a_flood_the_consumers_keep_their_share_and_owe_a_second_at_most() -> None:
     clock = Clock()
-    paced = LoopPacer(0.1, load_window=0.5, busy_load=0.2, reserve=0.15, clock=clock)
-    paced.served(0.2)  # requests took 0.4 of the loop lately
-    assert paced.load == pytest.approx(0.4)
-    assert paced.allowance == pytest.approx(1 - 0.4 - 0.15)
-    busy_api(paced, clock, seconds=3.0)  # now they take all of it
-    assert paced.load > 0.9
-    assert paced.allowance == 0.1
-    paced.spent(0.25)  # a batch of 0.25 s against a bucket of at most 0.05
-    assert paced.delay() == pytest.approx(0.2 / 0.1, rel=0.01)  # repaid at the share only
+    paced = LoopPacer(0.1, load_window=0.5, busy_load=0.2, burst=0.05, clock=clock)
+    busy_api(paced, clock, seconds=3.0)
+    paced.spent(0.05)  # a batch of 50 ms: the whole burst, and 0 left
+    clock.now += 0.1  # 100 ms later: 10 ms earned back at a share of 0.1
+    assert paced.delay() == 0.0
+    paced.spent(0.5)  # a long batch run while the API was idle
+    assert paced.delay() == pytest.approx(1.0)  # the debt is capped at a second of waiting
+
+
+def test_the_api_is_idle_only_with_no_request_in_and_nothing_ended_within_the_gap() -> None:
+    clock = Clock()
+    paced = LoopPacer(0.1, idle_gap=0.002, clock=clock)
+    assert paced.idle
+    paced.begin()
+    clock.now += 1.0
+    assert not paced.idle  # a slow request is still in the server
+    paced.served(1.0)
+    assert not paced.idle
+    clock.now += 0.003
+    assert paced.idle
+    paced.spent(0.01)  # a batch ended: the next one waits a gap, so requests get a look in
+    assert not paced.idle
+    clock.now += 0.003
+    assert paced.idle
+
+
+async def test_a_waiting_batch_runs_as_soon_as_the_api_goes_idle_one_at_a_time() -> None:
+    paced = LoopPacer(0.1, idle_gap=0.002)
+    paced.begin()
+    for _ in range(2000):  # a busy API (0.5 s of requests in the window)
+        paced.served(0.001)
+        paced.begin()
+    paced.spent(1.0)  # the share is owed a second
+    first = asyncio.create_task(paced.turn())
+    second = asyncio.create_task(paced.turn())
+    await asyncio.sleep(0.05)
+    assert not first.done() and not second.done()  # a request is in the server
+    paced.served(0.001)  # it leaves: the API is idle after the gap
+    await asyncio.wait_for(asyncio.shield(first), 1.0)
+    assert not second.done()  # one batch per gap: the first one's end looks again
+    paced.spent(0.001)
+    await asyncio.wait_for(second, 1.0)
 
 
 def test_the_platform_paces_by_its_background_share_setting(tmp_path: Path) -> None:

@@ -433,6 +433,7 @@ class ProjectionRunner:
         while True:
             limit = self.batch_size
             if self.pacer is not None:
+                await self.pacer.turn()  # requests first (bus/pacing.py)
                 limit = self.pacer.batch_size(limit, seconds_per_event)
             started = time.perf_counter()
             count = await self.run_once(limit)
@@ -444,7 +445,8 @@ class ProjectionRunner:
                 await self._report_lag_while_behind()
                 # More is waiting: no pause, but one turn of the event loop (SQLite work never
                 # suspends: a catch-up would otherwise hold the whole process until it ends).
-                await (self.pacer.turn() if self.pacer is not None else asyncio.sleep(0))
+                if self.pacer is None:
+                    await asyncio.sleep(0)
                 continue
             await self.report_lag()
             with contextlib.suppress(TimeoutError):
