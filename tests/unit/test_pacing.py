@@ -121,6 +121,9 @@ def test_under_a_flood_the_consumers_keep_their_share_and_owe_a_second_at_most()
     assert paced.delay() == 0.0
     paced.spent(0.5)  # a long batch run while the API was idle
     assert paced.delay() == pytest.approx(1.0)  # the debt is capped at a second of waiting
+    clock.now += 3.0  # the requests stopped: nothing is owed to an API that is not busy
+    assert not paced.busy
+    assert paced.delay() == 0.0
 
 
 def test_the_api_is_idle_only_with_no_request_in_and_nothing_ended_within_the_gap() -> None:

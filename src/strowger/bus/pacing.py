@@ -162,10 +162,12 @@ class LoopPacer:
         busy took more than it; an idle API lets a batch start earlier, see :meth:`turn`).
 
         Only batches run while the API was busy take from the bucket, so a debt is only
-        ever owed to requests.
+        ever owed to requests, and only while they keep the API busy.
         """
         self._fill()
-        return 0.0 if self._tokens > 0 else -self._tokens / self.share
+        if self._tokens > 0 or not self.busy:
+            return 0.0
+        return -self._tokens / self.share
 
     def _fill(self) -> None:
         now = self.clock()
