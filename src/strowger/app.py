@@ -18,7 +18,7 @@ from strowger import __version__
 from strowger.bootstrap import Platform
 from strowger.bus.pacing import LoopPacer
 from strowger.ops.tracing import TracingMiddleware
-from strowger.security import SecuritySettings, install_security, load_security_settings
+from strowger.security import SecuritySettings, install_security, load_security_settings, route_path
 from strowger.tmf.errors import JsonResponse, TmfRoute, unrouted_error
 
 # Strowger traces its requests itself (TracingMiddleware: span, correlationId) and counts
@@ -162,11 +162,7 @@ class DirectRoutes:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            path: str = scope["path"]
-            root: str = scope.get("root_path", "")
-            if root and path.startswith(root):
-                path = path[len(root) :]
-            direct = self.routes.get((scope["method"], path))
+            direct = self.routes.get((scope["method"], route_path(scope)))
             if direct is not None:
                 await direct(scope, receive, send)
                 return
@@ -188,11 +184,7 @@ class PrefixGate(APIRouter):
         self.include_router(router)
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        path: str = scope.get("path", "")
-        root: str = scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root) :]
-        if not path.startswith(self.path_prefix):
+        if not route_path(scope).startswith(self.path_prefix):
             return Match.NONE, {}
         return super().matches(scope)
 

@@ -20,11 +20,11 @@ And while any request is being served, a batch takes only as many events as fit
 batches. With the API idle or lightly used (every consumer-only process of a cluster, a
 few requests a second) no batch waits.
 
-Until session 20 the consumers kept a fixed half of the loop while the API was busy: the
-platform accepted orders at half the API's rate during a burst, while fulfilment (tens of
-orders a second in one process) fell behind anyway. Measuring the requests' own share of
-the loop cannot tell what they would need (starved, they take little), so the demand signal
-is whether any request is in the server at all.
+Why not a fixed split: with the consumers keeping half the loop while the API was busy, the
+platform accepted orders at a quarter of the API's own rate during a burst, while
+fulfilment (tens of orders a second in one process) fell behind anyway. And the requests'
+measured share of the loop cannot tell what they would need (starved, they take little), so
+the demand signal is whether any request is in the server at all.
 
 Only where SQLite work runs on the loop: the platform paces its consumers on SQLite
 only, as on PostgreSQL both sides suspend on I/O and wall time is not loop time.

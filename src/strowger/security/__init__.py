@@ -27,6 +27,7 @@ from strowger.security.middleware import (
     current_principal,
     install_security,
     require_scope,
+    route_path,
 )
 from strowger.security.redact import RedactingFilter, install_redaction, redact
 from strowger.security.routecheck import assert_all_routes_protected, unprotected_operations
@@ -61,5 +62,6 @@ __all__ = [
     "load_security_settings",
     "redact",
     "require_scope",
+    "route_path",
     "unprotected_operations",
 ]

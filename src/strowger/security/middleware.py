@@ -47,7 +47,7 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         method = scope.get("method", "GET")
-        requirement = self.routes.requirement(method, _route_path(scope))
+        requirement = self.routes.requirement(method, route_path(scope))
         if requirement.access is Access.PUBLIC:
             await self.app(scope, receive, send)
             return
@@ -67,7 +67,7 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
 
-def _route_path(scope: Scope) -> str:
+def route_path(scope: Scope) -> str:
     """The path the application routes on (without the root path a proxy mounts it under)."""
     path: str = scope["path"]
     root: str = scope.get("root_path", "")
