@@ -181,7 +181,16 @@ async def _run_job(job: dict[str, Any], conn: Connection) -> dict[str, Any]:
 class _Outcome:
     latencies: list[float]
     statuses: dict[str, int]
+    tick: Callable[[int], None] | None = None  # told how many were answered, after each answer
     first_error: str | None = None
+
+    def answered(self, seconds: float, status: str, error: str | None) -> None:
+        self.latencies.append(seconds)
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        if error and self.first_error is None:
+            self.first_error = error
+        if self.tick is not None:
+            self.tick(len(self.latencies))
 
 
 async def _post_all(
@@ -193,19 +202,14 @@ async def _post_all(
     deadline: float,
 ) -> _Outcome:
     """POST every body (none started after ``deadline``), ``concurrency`` at a time (closed loop)."""
-    outcome = _Outcome([], {})
+    outcome = _Outcome([], {}, tick)
     next_index = iter(range(len(bodies)))
 
     async def client() -> None:
         for index in next_index:
             if time.perf_counter() > deadline:
                 return
-            status, error = await _post(session, url, bodies[index], outcome)
-            outcome.statuses[status] = outcome.statuses.get(status, 0) + 1
-            if error and outcome.first_error is None:
-                outcome.first_error = error
-            if tick is not None:
-                tick(len(outcome.latencies))
+            await _post(session, url, bodies[index], outcome)
 
     await asyncio.gather(*(client() for _ in range(concurrency)))
     return outcome
@@ -222,43 +226,35 @@ async def _post_at_rate(
     """POST body ``i`` when it is due (``i / rate`` seconds after the start), none due after
     ``deadline``, whether or not earlier ones were answered (open loop); each latency runs from
     the due time, so time spent waiting for a connection or behind a stalled server counts."""
-    outcome = _Outcome([], {})
+    outcome = _Outcome([], {}, tick)
     start = time.perf_counter()
     posts: list[asyncio.Task[None]] = []
-
-    async def post(body: bytes, due: float) -> None:
-        status, error = await _post(session, url, body, outcome, since=due)
-        outcome.statuses[status] = outcome.statuses.get(status, 0) + 1
-        if error and outcome.first_error is None:
-            outcome.first_error = error
-        if tick is not None:
-            tick(len(outcome.latencies))
-
     for index, body in enumerate(bodies):
         due = start + index / rate
         if due > deadline:
             break
         if (wait := due - time.perf_counter()) > 0:
             await asyncio.sleep(wait)
-        posts.append(asyncio.create_task(post(body, due)))
+        posts.append(asyncio.create_task(_post(session, url, body, outcome, since=due)))
     await asyncio.gather(*posts)
     return outcome
 
 
 async def _post(
     session: Any, url: str, body: bytes, outcome: _Outcome, *, since: float | None = None
-) -> tuple[str, str | None]:
+) -> None:
+    """POST ``body`` and record the answer in ``outcome``; the latency runs from ``since`` (default: now)."""
     started = time.perf_counter() if since is None else since
     try:
         async with session.post(url, data=body) as response:
             answer = await response.read()
-            outcome.latencies.append(time.perf_counter() - started)
             if response.status != 201:
-                return str(response.status), f"{response.status}: {answer[:300].decode(errors='replace')}"
-            return "201", None
+                error = f"{response.status}: {answer[:300].decode(errors='replace')}"
+                outcome.answered(time.perf_counter() - started, str(response.status), error)
+                return
+            outcome.answered(time.perf_counter() - started, "201", None)
     except Exception as exc:  # a refused or dropped connection is an error of the run, not a crash
-        outcome.latencies.append(time.perf_counter() - started)
-        return type(exc).__name__, f"{type(exc).__name__}: {exc}"
+        outcome.answered(time.perf_counter() - started, type(exc).__name__, f"{type(exc).__name__}: {exc}")
 
 
 # --- the servers --------------------------------------------------------------------------------
