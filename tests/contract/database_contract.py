@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+
 import pytest
 
 from strowger.store.db import Database, TableSet
@@ -78,6 +81,36 @@ class DatabaseContract:
                 tx.on_commit(lambda: calls.append("rolled back"))
                 raise RuntimeError
         assert calls == ["committed"]
+
+    async def test_concurrent_transactions_commit_or_fail_each_on_their_own(self, database: Database) -> None:
+        await database.create_tables(NOTES)
+
+        async def write(n: int) -> None:
+            async with database.transaction() as tx:
+                await tx.execute("INSERT INTO notes (body) VALUES (?)", (f"note {n}",))
+                if n == 4:
+                    raise LookupError("the fifth writer fails")
+
+        outcomes = await asyncio.gather(*(write(n) for n in range(10)), return_exceptions=True)
+        assert [type(outcome) for outcome in outcomes] == [type(None)] * 4 + [LookupError] + [type(None)] * 5
+        rows = await database.fetchall("SELECT body FROM notes ORDER BY body")
+        assert [row[0] for row in rows] == [f"note {n}" for n in range(10) if n != 4]
+
+    async def test_on_commit_callbacks_run_in_their_own_transactions_context(
+        self, database: Database
+    ) -> None:
+        await database.create_tables(NOTES)
+        writer: contextvars.ContextVar[str] = contextvars.ContextVar("writer")
+        seen: list[tuple[str, str]] = []
+
+        async def write(name: str) -> None:
+            writer.set(name)
+            async with database.transaction() as tx:
+                await tx.execute("INSERT INTO notes (body) VALUES (?)", (name,))
+                tx.on_commit(lambda: seen.append((name, writer.get())))
+
+        await asyncio.gather(*(write(name) for name in ("a", "b", "c")))
+        assert sorted(seen) == [("a", "a"), ("b", "b"), ("c", "c")]
 
     async def test_placeholders_and_percent_signs_are_handled(self, database: Database) -> None:
         await database.create_tables(NOTES)

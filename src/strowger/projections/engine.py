@@ -376,8 +376,10 @@ class ProjectionRunner:
         return self._live
 
     async def _reload(self) -> Generation:
-        async with self.database.snapshot() as reader:
-            live = await _find(reader, self.projection.name, LIVE)
+        # Read as a writer: on SQLite the move that beat this runner may be in a group of
+        # transactions not committed yet (store/sqlite.py), which writers see and readers do not.
+        async with self.database.transaction() as tx:
+            live = await _find(tx, self.projection.name, LIVE)
         if live is None:
             raise NotFound(f"projection {self.projection.name} has no live generation")
         self._live = live
