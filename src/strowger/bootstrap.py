@@ -250,6 +250,7 @@ def _backbone(platform: Platform) -> None:
         poll_interval=settings.outbox_poll_interval,
         retention=timedelta(days=settings.retention_days),
         observer=platform.observer,
+        pacer=platform.pacer,  # requests first (bus/pacing.py); SQLite only
     )
     if settings.database_schemas and settings.database == "postgresql":
         from strowger.store.outbox_schemas import relay_every_schema

@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator
 import pytest
 
 from strowger.bus.embedded import EmbeddedBus
+from strowger.bus.pacing import LoopPacer
 from strowger.events.envelope import encode
 from strowger.store.db import Database
 from strowger.store.outbox import OUTBOX_TABLES, Outbox, OutboxRelay
 from tests.conftest import unique
+from tests.contract.projection_contract import RecordingPacer
 from tests.contract.runtime_contract import event, wait_until
 
 pytestmark = pytest.mark.integration
@@ -36,6 +38,10 @@ async def bus(database: Database) -> AsyncIterator[EmbeddedBus]:
 async def _unpublished(database: Database) -> int:
     row = await database.fetchone("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
     return int(row[0]) if row else -1
+
+
+async def _none_left(database: Database) -> bool:
+    return await _unpublished(database) == 0
 
 
 async def _run(relay: OutboxRelay) -> asyncio.Task[None]:
@@ -93,3 +99,32 @@ async def test_rows_another_process_committed_are_found_by_the_poll(
         await wait_until(relayed, "the poll to publish rows no wake-up announced", timeout=30)
     finally:
         await _stop(task)
+
+
+async def test_a_paced_relay_publishes_batches_of_the_pacers_size_and_charges_their_time(
+    sqlite_db: Database,
+) -> None:
+    bus = EmbeddedBus("embedded://", database=sqlite_db)
+    await bus.start()
+    await sqlite_db.create_tables(OUTBOX_TABLES)
+    outbox, topic = Outbox(), unique("t")
+    async with sqlite_db.transaction() as tx:
+        await outbox.add(tx, [encode(event("order-1", n), topic) for n in range(7)])
+    pacer = RecordingPacer(allowed=2)
+    task = asyncio.create_task(OutboxRelay(sqlite_db, bus, outbox, pacer=pacer).run())
+    try:
+        await wait_until(lambda: _none_left(sqlite_db), "every row relayed")
+    finally:
+        await _stop(task)
+        await bus.stop()
+    assert pacer.asked[0] == (1000, 0.0)  # nothing measured yet: the relay's own size is offered
+    assert all(seconds > 0 for _, seconds in pacer.asked[1:4])  # then the last batch's cost per row
+    assert len(pacer.charged) == 4  # 2 + 2 + 2 + 1: every batch's time counted against the share
+    assert pacer.turns >= 4  # a turn through the pacer before each batch
+
+
+async def test_a_pacer_is_only_for_sqlite(postgres_db: Database) -> None:
+    relay = OutboxRelay(
+        postgres_db, EmbeddedBus("embedded://", database=postgres_db), Outbox(), pacer=LoopPacer()
+    )
+    assert relay.pacer is None  # PostgreSQL work suspends on I/O: the loop is free meanwhile

@@ -1,7 +1,7 @@
 """Background work yields the event loop to HTTP requests served by the same process.
 
-In one process (``strowger run all``, the embedded default) the consumers, the projections
-and the API share one event loop, and SQLite work never suspends: a consumer with a backlog
+In one process (``strowger run all``, the embedded default) the consumers, the projections,
+the outbox relay and the API share one event loop, and SQLite work never suspends: a consumer with a backlog
 would run batch after batch while every HTTP request waits, and a closed-loop client then
 gets the fulfilment rate (a few orders a second), not the API's.
 

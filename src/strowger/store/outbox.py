@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -38,6 +39,7 @@ import orjson
 
 from strowger.bus.embedded import EmbeddedBus
 from strowger.bus.observe import NULL_OBSERVER, PipelineObserver, is_null
+from strowger.bus.pacing import LoopPacer
 from strowger.bus.partitioning import partition_for
 from strowger.bus.port import Bus
 from strowger.events.envelope import Message
@@ -148,6 +150,10 @@ class OutboxRelay:
     On PostgreSQL, up to ``concurrency`` groups of partitions are relayed at once (one pooled
     connection each).
     ``observer`` is told of each batch once it is published and marked (after commit).
+    With a ``pacer`` (SQLite, where its work runs on the loop HTTP requests are served on) the
+    relay is background work like the consumers it feeds: while requests keep the API busy
+    its batches are sized to the pacer's budget and count against their share of the loop
+    (``bus/pacing.py``); the rows wait in the outbox, committed, and nothing else changes.
     """
 
     def __init__(
@@ -164,6 +170,7 @@ class OutboxRelay:
         concurrency: int = 4,
         observer: PipelineObserver = NULL_OBSERVER,
         purge_inbox: bool = True,  # False where the inbox is not this database's (a split cluster)
+        pacer: LoopPacer | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -178,6 +185,8 @@ class OutboxRelay:
         self.concurrency = concurrency
         self.observer = observer
         self.purge_inbox = purge_inbox
+        self.pacer = pacer if database.kind == "sqlite" else None  # elsewhere I/O suspends the relay
+        self._seconds_per_row = 0.0  # of the last paced batch, to size the next one
         self._observing = not is_null(observer)
         self._same_database = isinstance(bus, EmbeddedBus) and bus.database is database
 
@@ -190,7 +199,7 @@ class OutboxRelay:
         while True:
             try:
                 hinted = (self.outbox.take_committed() or None) if woken else None  # empty: ask
-                while self.batch_size in await self._relay_round(hinted):
+                while await self._relay_full_round(hinted):
                     hinted = None  # a full batch: more are probably waiting, anywhere
                 if self.retention is not None and loop.time() >= next_purge:
                     await purge(self.database, older_than=self.retention, inbox=self.purge_inbox)
@@ -205,6 +214,20 @@ class OutboxRelay:
                 woken = False  # the next round looks at every partition
                 continue
             woken = await self.outbox.wait(self.poll_interval)
+
+    async def _relay_full_round(self, hinted: set[int] | None) -> bool:
+        """One round, through the pacer if there is one; whether a batch was full (more waiting)."""
+        if self.pacer is None:
+            return self.batch_size in await self._relay_round(hinted)
+        await self.pacer.turn()
+        limit = self.pacer.batch_size(self.batch_size, self._seconds_per_row)
+        started = time.perf_counter()
+        count = await self._relay_sqlite_batch(limit)
+        if count:
+            seconds = time.perf_counter() - started
+            self._seconds_per_row = seconds / count
+            self.pacer.spent(seconds)
+        return count >= limit
 
     async def relay_once(self) -> int:
         """Publish what is waiting (one batch per group of claimable partitions); returns how many rows."""
@@ -258,10 +281,10 @@ class OutboxRelay:
             self._report(messages)
         return len(rows)
 
-    async def _relay_sqlite_batch(self) -> int:
+    async def _relay_sqlite_batch(self, limit: int | None = None) -> int:
         """SQLite: the write transaction is the claim; select in id order, publish, mark."""
         async with self.database.transaction() as tx:
-            rows = await _unpublished(tx, self.batch_size)
+            rows = await _unpublished(tx, limit or self.batch_size)
             if not rows:
                 return 0
             messages = [_message(row) for row in rows]
