@@ -1,11 +1,12 @@
 """Server CPU of one POST productOrder inside the application, without sockets or background work.
 
-    .venv/bin/python scripts/measure/post_cpu_in_process.py [posts per round] [rounds]
+    .venv/bin/python scripts/measure/post_cpu_in_process.py [posts per round] [rounds] [concurrency]
 
 Builds the platform as `strowger bench api` does (consumers, relay and projections not
 started), freezes the start-up heap, and calls the ASGI application directly with a valid
-TMF622 body and the admin key, one request after the other; prints the process CPU per POST of
-each round. What it leaves out (uvicorn, the relay, the projections, the checkpointer) is the
+TMF622 body and the admin key, ``concurrency`` requests at a time (default 1: one after the
+other; more lets SQLite's group commit form groups as under load); prints, per round, the
+process CPU per POST and the event loop thread's (the one a single process can saturate). What it leaves out (uvicorn, the relay, the projections, the checkpointer) is the
 difference to the bench's "API alone" CPU per request. Used for docs/benchmarks.md (API,
 session 20).
 """
@@ -53,7 +54,7 @@ def scope_for(body: bytes) -> dict[str, Any]:
     }
 
 
-async def main(posts: int, rounds: int) -> None:
+async def main(posts: int, rounds: int, concurrency: int) -> None:
     with tempfile.TemporaryDirectory() as directory:
         platform = bench.without_consumers(bootstrap(platform_settings("embedded", Path(directory), "")))
         platform.tasks = []  # nor the relay and projections: the request's own work only
@@ -87,13 +88,17 @@ async def main(posts: int, rounds: int) -> None:
                 await post(body)
             for round_number in range(rounds):
                 chunk = bodies[WARM_UP + round_number * posts : WARM_UP + (round_number + 1) * posts]
-                started = time.process_time()
-                for body in chunk:
-                    await post(body)
+                started, loop_started = time.process_time(), time.thread_time()
+                for start in range(0, len(chunk), concurrency):
+                    await asyncio.gather(*(post(body) for body in chunk[start : start + concurrency]))
                 cpu = (time.process_time() - started) / posts
-                print(f"round {round_number + 1}: {cpu * 1e6:.0f} µs CPU per POST")
+                loop_cpu = (time.thread_time() - loop_started) / posts
+                print(
+                    f"round {round_number + 1}: {cpu * 1e6:.0f} µs CPU per POST, "
+                    f"{loop_cpu * 1e6:.0f} µs of it on the event loop's thread"
+                )
 
 
 if __name__ == "__main__":
-    arguments = [int(value) for value in sys.argv[1:3]]
-    uvloop.run(main(*(arguments + [2000, 3][len(arguments) :])))
+    arguments = [int(value) for value in sys.argv[1:4]]
+    uvloop.run(main(*(arguments + [2000, 3, 1][len(arguments) :])))
