@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
 
+from strowger.bus.pacing import loop_stopwatch
 from strowger.errors import ServiceUnavailable
-from strowger.store.db import Database, TableSet
+from strowger.store.db import Database, TableSet, commit_waits
 from strowger.store.sqlite import SqliteDatabase
 
 NOTES = TableSet(
@@ -128,3 +130,17 @@ async def test_a_writer_whose_transaction_sqlite_rolled_back_fails_its_group_wit
     assert isinstance(outcomes[1], OSError)
     assert outcomes[2] is None  # it began a new group
     assert await bodies(sqlite_db) == ["later"]
+
+
+async def test_the_wait_for_a_commit_off_the_loop_is_counted_for_the_task_that_waited(
+    sqlite_db: SqliteDatabase,
+) -> None:
+    await sqlite_db.create_tables(NOTES)
+    before = commit_waits()
+    stopwatch, started = loop_stopwatch(), time.perf_counter()
+    await insert(sqlite_db, "mine")
+    waited = commit_waits() - before
+    assert waited > 0
+    assert stopwatch() == pytest.approx(time.perf_counter() - started - waited, abs=0.001)
+    await asyncio.create_task(insert(sqlite_db, "another task's"))
+    assert commit_waits() - before == waited  # that task's wait is its own

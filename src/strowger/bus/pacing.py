@@ -42,6 +42,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from strowger.store.db import commit_waits
+
 DEFAULT_SHARE = 0.1  # of the loop the consumers keep however busy the API is
 LOAD_WINDOW = 0.5  # seconds over which the API's share of the loop is averaged (decay constant)
 BUSY_LOAD = 0.2  # the API is busy while serving requests takes at least this share of the loop
@@ -49,6 +51,13 @@ BATCH_BUDGET = 0.01  # seconds a consumer batch should hold the loop while the A
 BURST = 0.05  # seconds of loop time the consumers may take at once after a pause
 IDLE_GAP = 0.002  # seconds without a request in the server (nor a batch) before a batch may start
 MAX_DEBT = 1.0  # seconds of waiting the share can owe at most (batches run when idle are charged too)
+
+
+def loop_stopwatch() -> Callable[[], float]:
+    """Seconds of the event loop the current task takes from now on: the wall time, less what it
+    waits for its transactions to commit off the loop (the loop serves others meanwhile)."""
+    started, waits = time.perf_counter(), commit_waits()
+    return lambda: time.perf_counter() - started - (commit_waits() - waits)
 
 
 class LoopPacer:

@@ -24,13 +24,12 @@ import asyncio
 import contextlib
 import logging
 import re
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import ClassVar
 
-from strowger.bus.pacing import LoopPacer
+from strowger.bus.pacing import LoopPacer, loop_stopwatch
 from strowger.errors import ConcurrencyConflict, ConfigError, NotFound
 from strowger.ops.metrics import Metrics
 from strowger.store.db import Database, TableSet, Transaction
@@ -437,10 +436,10 @@ class ProjectionRunner:
             if self.pacer is not None:
                 await self.pacer.turn()  # requests first (bus/pacing.py)
                 limit = self.pacer.batch_size(limit, seconds_per_event)
-            started = time.perf_counter()
+            stopwatch = loop_stopwatch()
             count = await self.run_once(limit)
             if count and self.pacer is not None:
-                seconds = time.perf_counter() - started
+                seconds = stopwatch()
                 seconds_per_event = seconds / count
                 self.pacer.spent(seconds)
             if count >= limit:

@@ -12,6 +12,7 @@ import abc
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,21 @@ class Int4Array(list[int]):
 
 Params = Sequence[Any]
 _SAVEPOINT_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+_COMMIT_WAITS: ContextVar[float] = ContextVar("strowger_commit_waits", default=0.0)
+
+
+def commit_waits() -> float:
+    """Seconds the current task has waited in all for its transactions to commit off the event loop.
+
+    SQLite's group commit (``store/sqlite.py``) writes a COMMIT on a thread while the loop
+    serves others: work held to a share of the loop (``bus/pacing.py``) leaves this out.
+    """
+    return _COMMIT_WAITS.get()
+
+
+def count_commit_wait(seconds: float) -> None:
+    """Add ``seconds`` to the current task's :func:`commit_waits` (for database adapters)."""
+    _COMMIT_WAITS.set(_COMMIT_WAITS.get() + seconds)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ import contextvars
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import CancelledError as CancelledFutureError
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -47,7 +48,7 @@ from pathlib import Path
 
 from strowger.errors import ServiceUnavailable
 from strowger.settings import sqlite_path
-from strowger.store.db import Database, Params, Row, Transaction
+from strowger.store.db import Database, Params, Row, Transaction, count_commit_wait
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +196,11 @@ class SqliteDatabase(Database):
             connection.execute(f"RELEASE {_MEMBER}")
             context = contextvars.copy_context()  # the member's correlation id and span, for its callbacks
             group.callbacks.extend((context, callback) for callback in tx.after_commit)
-        # Shielded: a member cancelled now is committed all the same (its writes are in the group).
-        await asyncio.shield(group.committed)
+        waiting = time.perf_counter()
+        try:  # shielded: a member cancelled now is committed all the same (its writes are in the group)
+            await asyncio.shield(group.committed)
+        finally:
+            count_commit_wait(time.perf_counter() - waiting)
 
     def _begin_group(self, connection: sqlite3.Connection) -> _Group:
         """Begin the transaction of a new group and queue its COMMIT behind every waiting writer."""
