@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from strowger.bus.pacing import LoopPacer
+from strowger.bus.pacing import PROBE_BATCH, LoopPacer
 
 
 class Clock:
@@ -88,7 +88,8 @@ def test_batches_are_sized_to_the_budget_while_busy() -> None:
     assert paced.batch_size(100, 0.001) == 10
     assert paced.batch_size(100, 0.5) == 1  # never zero
     assert paced.batch_size(5, 0.0001) == 5  # never above the consumer's own size
-    assert paced.batch_size(100, 0.0) == 100  # no cost known yet
+    assert paced.batch_size(100, 0.0) == PROBE_BATCH  # no cost known yet: a small batch measures it
+    assert paced.batch_size(2, 0.0) == 2
     clock.now += 2.0
     assert paced.batch_size(100, 0.001) == 100  # the API went quiet
 

@@ -42,7 +42,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from strowger.store.db import commit_waits
+from strowger.store.db import writer_waits
 
 DEFAULT_SHARE = 0.1  # of the loop the consumers keep however busy the API is
 LOAD_WINDOW = 0.5  # seconds over which the API's share of the loop is averaged (decay constant)
@@ -50,14 +50,15 @@ BUSY_LOAD = 0.2  # the API is busy while serving requests takes at least this sh
 BATCH_BUDGET = 0.01  # seconds a consumer batch should hold the loop while the API is busy
 BURST = 0.05  # seconds of loop time the consumers may take at once after a pause
 IDLE_GAP = 0.002  # seconds without a request in the server (nor a batch) before a batch may start
+PROBE_BATCH = 4  # events of a consumer's first batch while requests are served (its cost is unknown)
 MAX_DEBT = 1.0  # seconds of waiting the share can owe at most (batches run when idle are charged too)
 
 
 def loop_stopwatch() -> Callable[[], float]:
     """Seconds of the event loop the current task takes from now on: the wall time, less what it
-    waits for its transactions to commit off the loop (the loop serves others meanwhile)."""
-    started, waits = time.perf_counter(), commit_waits()
-    return lambda: time.perf_counter() - started - (commit_waits() - waits)
+    waits for the database's writer (its turn, a commit off the loop: the loop serves others)."""
+    started, waits = time.perf_counter(), writer_waits()
+    return lambda: time.perf_counter() - started - (writer_waits() - waits)
 
 
 class LoopPacer:
@@ -149,13 +150,17 @@ class LoopPacer:
 
     def batch_size(self, largest: int, seconds_per_event: float) -> int:
         """How many events the next batch may take: ``largest``, or while requests are being served
-        as many as fit the batch budget at the consumer's last cost per event (at least one).
+        as many as fit the batch budget at the consumer's last cost per event (at least one;
+        ``PROBE_BATCH`` while that cost is unknown, as a full first batch could hold the loop
+        for a hundred milliseconds).
 
         On as soon as any request is served, not only when the API is busy: a batch of seconds
         would keep the API from serving enough to ever look busy.
         """
-        if not self.serving or seconds_per_event <= 0:
+        if not self.serving:
             return largest
+        if seconds_per_event <= 0:  # no cost known yet: a small first batch measures it
+            return min(largest, PROBE_BATCH)
         return max(1, min(largest, int(self.batch_budget / seconds_per_event)))
 
     def spent(self, seconds: float) -> None:

@@ -338,7 +338,7 @@ class ConsumerRunner:
                 size = self.pacer.batch_size(size, seconds_per_event)
             batch = await subscriber.fetch(size, self.fetch_timeout)
             if batch:
-                stopwatch = loop_stopwatch()  # less the waits for commits off the loop
+                stopwatch = loop_stopwatch()  # less the waits for the database writer
                 waited = await self.process(subscriber, batch)
                 if self.pacer is not None:
                     # A prepare step's time is mostly waiting on I/O (the loop serves others

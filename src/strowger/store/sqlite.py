@@ -48,7 +48,7 @@ from pathlib import Path
 
 from strowger.errors import ServiceUnavailable
 from strowger.settings import sqlite_path
-from strowger.store.db import Database, Params, Row, Transaction, count_commit_wait
+from strowger.store.db import Database, Params, Row, Transaction, count_writer_wait
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,9 @@ class SqliteDatabase(Database):
         if self._writer is None:
             await self.open()
         assert self._writer is not None
+        waiting = time.perf_counter()
         async with self._lock:
+            count_writer_wait(time.perf_counter() - waiting)
             connection = self._writer
             group = self._group or self._begin_group(connection)
             tx = SqliteTransaction(connection)
@@ -200,7 +202,7 @@ class SqliteDatabase(Database):
         try:  # shielded: a member cancelled now is committed all the same (its writes are in the group)
             await asyncio.shield(group.committed)
         finally:
-            count_commit_wait(time.perf_counter() - waiting)
+            count_writer_wait(time.perf_counter() - waiting)
 
     def _begin_group(self, connection: sqlite3.Connection) -> _Group:
         """Begin the transaction of a new group and queue its COMMIT behind every waiting writer."""
