@@ -1,9 +1,9 @@
 """Background work yields the event loop to HTTP requests served by the same process.
 
 In one process (``strowger run all``, the embedded default) the consumers, the projections,
-the outbox relay and the API share one event loop, and SQLite work never suspends: a consumer with a backlog
-would run batch after batch while every HTTP request waits, and a closed-loop client then
-gets the fulfilment rate (a few orders a second), not the API's.
+the outbox relay and the API share one event loop, and SQLite work never suspends: a
+consumer with a backlog would run batch after batch while every HTTP request waits, and a
+closed-loop client then gets the fulfilment rate (a few orders a second), not the API's.
 
 **Requests come first.** While the API is busy (serving requests took at least ``busy_load``
 of the loop over about the last ``load_window`` seconds), a batch starts only
@@ -42,8 +42,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from strowger.store.db import writer_waits
-
 DEFAULT_SHARE = 0.1  # of the loop the consumers keep however busy the API is
 LOAD_WINDOW = 0.5  # seconds over which the API's share of the loop is averaged (decay constant)
 BUSY_LOAD = 0.2  # the API is busy while serving requests takes at least this share of the loop
@@ -52,13 +50,6 @@ BURST = 0.05  # seconds of loop time the consumers may take at once after a paus
 IDLE_GAP = 0.002  # seconds without a request in the server (nor a batch) before a batch may start
 PROBE_BATCH = 4  # events of a consumer's first batch while requests are served (its cost is unknown)
 MAX_DEBT = 1.0  # seconds of waiting the share can owe at most (batches run when idle are charged too)
-
-
-def loop_stopwatch() -> Callable[[], float]:
-    """Seconds of the event loop the current task takes from now on: the wall time, less what it
-    waits for the database's writer (its turn, a commit off the loop: the loop serves others)."""
-    started, waits = time.perf_counter(), writer_waits()
-    return lambda: time.perf_counter() - started - (writer_waits() - waits)
 
 
 class LoopPacer:

@@ -68,7 +68,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from strowger.bus.observe import APPLIED, DUPLICATE, NULL_OBSERVER, PipelineObserver, is_null, trace_emitted
-from strowger.bus.pacing import LoopPacer, loop_stopwatch
+from strowger.bus.pacing import LoopPacer
 from strowger.bus.port import Bus, Delivery, Subscriber
 from strowger.errors import MalformedMessage, SchemaViolation, is_transient
 from strowger.events.envelope import Envelope, Message, decode, encode
@@ -331,6 +331,7 @@ class ConsumerRunner:
     # The live path -------------------------------------------------------------------------
 
     async def _consume(self, subscriber: Subscriber) -> None:
+        clock = time.perf_counter
         seconds_per_event = 0.0  # of the last batch, to size the next one while pacing
         while True:
             size = self.consumer.batch_size
@@ -338,12 +339,12 @@ class ConsumerRunner:
                 size = self.pacer.batch_size(size, seconds_per_event)
             batch = await subscriber.fetch(size, self.fetch_timeout)
             if batch:
-                stopwatch = loop_stopwatch()  # less the waits for the database writer
+                started = clock()
                 waited = await self.process(subscriber, batch)
                 if self.pacer is not None:
                     # A prepare step's time is mostly waiting on I/O (the loop serves others
                     # meanwhile): charging it would hold every paced consumer back.
-                    seconds = stopwatch() - waited
+                    seconds = clock() - started - waited
                     seconds_per_event = seconds / len(batch)
                     self.pacer.spent(seconds)
                     await self.pacer.turn()

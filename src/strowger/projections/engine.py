@@ -24,12 +24,13 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import ClassVar
 
-from strowger.bus.pacing import LoopPacer, loop_stopwatch
+from strowger.bus.pacing import LoopPacer
 from strowger.errors import ConcurrencyConflict, ConfigError, NotFound
 from strowger.ops.metrics import Metrics
 from strowger.store.db import Database, TableSet, Transaction
@@ -375,10 +376,8 @@ class ProjectionRunner:
         return self._live
 
     async def _reload(self) -> Generation:
-        # Read as a writer: on SQLite the move that beat this runner may be in a group of
-        # transactions not committed yet (store/sqlite.py), which writers see and readers do not.
-        async with self.database.transaction() as tx:
-            live = await _find(tx, self.projection.name, LIVE)
+        async with self.database.snapshot() as reader:
+            live = await _find(reader, self.projection.name, LIVE)
         if live is None:
             raise NotFound(f"projection {self.projection.name} has no live generation")
         self._live = live
@@ -436,10 +435,10 @@ class ProjectionRunner:
             if self.pacer is not None:
                 await self.pacer.turn()  # requests first (bus/pacing.py)
                 limit = self.pacer.batch_size(limit, seconds_per_event)
-            stopwatch = loop_stopwatch()
+            started = time.perf_counter()
             count = await self.run_once(limit)
             if count and self.pacer is not None:
-                seconds = stopwatch()
+                seconds = time.perf_counter() - started
                 seconds_per_event = seconds / count
                 self.pacer.spent(seconds)
             if count >= limit:

@@ -12,7 +12,6 @@ import abc
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,23 +34,6 @@ class Int4Array(list[int]):
 
 Params = Sequence[Any]
 _SAVEPOINT_NAME = re.compile(r"[a-z_][a-z0-9_]*")
-_WRITER_WAITS: ContextVar[float] = ContextVar("strowger_writer_waits", default=0.0)
-
-
-def writer_waits() -> float:
-    """Seconds the current task has waited in all for the database's writer: its turn, and its
-    transactions' commits off the event loop.
-
-    SQLite's group commit (``store/sqlite.py``) writes a COMMIT on a thread while the loop
-    serves others, and writers queue behind it meanwhile: work held to a share of the loop
-    (``bus/pacing.py``) leaves these waits out.
-    """
-    return _WRITER_WAITS.get()
-
-
-def count_writer_wait(seconds: float) -> None:
-    """Add ``seconds`` to the current task's :func:`writer_waits` (for database adapters)."""
-    _WRITER_WAITS.set(_WRITER_WAITS.get() + seconds)
 
 
 @dataclass(frozen=True)

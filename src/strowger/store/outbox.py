@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -38,7 +39,7 @@ import orjson
 
 from strowger.bus.embedded import EmbeddedBus
 from strowger.bus.observe import NULL_OBSERVER, PipelineObserver, is_null
-from strowger.bus.pacing import LoopPacer, loop_stopwatch
+from strowger.bus.pacing import LoopPacer
 from strowger.bus.partitioning import partition_for
 from strowger.bus.port import Bus
 from strowger.events.envelope import Message
@@ -220,10 +221,10 @@ class OutboxRelay:
             return self.batch_size in await self._relay_round(hinted)
         await self.pacer.turn()
         limit = self.pacer.batch_size(self.batch_size, self._seconds_per_row)
-        stopwatch = loop_stopwatch()
+        started = time.perf_counter()
         count = await self._relay_sqlite_batch(limit)
         if count:
-            seconds = stopwatch()
+            seconds = time.perf_counter() - started
             self._seconds_per_row = seconds / count
             self.pacer.spent(seconds)
         return count >= limit
