@@ -5,10 +5,10 @@
 Builds the platform as `strowger bench api` does (consumers, relay and projections not
 started), freezes the start-up heap, and calls the ASGI application directly with a valid
 TMF622 body and the admin key, ``concurrency`` requests at a time (default 1: one after the
-other; more lets SQLite's group commit form groups as under load); prints, per round, the
-process CPU per POST and the event loop thread's (the one a single process can saturate). What it leaves out (uvicorn, the relay, the projections, the checkpointer) is the
-difference to the bench's "API alone" CPU per request. Used for docs/benchmarks.md (API,
-session 20).
+other); prints, per round, the process CPU per POST and the event loop thread's (the one a
+single process can saturate; other threads, such as SQLite's checkpointer, use the second
+core). What it leaves out (uvicorn, the relay, the projections) is the difference to the
+bench's "API alone" CPU per request. Used for docs/benchmarks.md (API, sessions 20 and 21).
 """
 
 import asyncio
