@@ -1,13 +1,13 @@
 """Server CPU of one POST productOrder inside the application, without sockets or background work.
 
-    .venv/bin/python scripts/measure/post_cpu_in_process.py [posts per round] [rounds] [concurrency]
+    .venv/bin/python scripts/measure/post_cpu_in_process.py [posts per round] [rounds]
 
 Builds the platform as `strowger bench api` does (consumers, relay and projections not
 started), freezes the start-up heap, and calls the ASGI application directly with a valid
-TMF622 body and the admin key, ``concurrency`` requests at a time (default 1: one after the
-other); prints, per round, the process CPU per POST and the event loop thread's (the one a
-single process can saturate; other threads, such as SQLite's checkpointer, use the second
-core). What it leaves out (uvicorn, the relay, the projections) is the difference to the
+TMF622 body and the admin key, one request after the other; prints, per round, the process
+CPU per POST and the event loop thread's (the one a single process can saturate; other
+threads, such as SQLite's checkpointer, use the second core). What it leaves out (uvicorn,
+the relay, the projections) is the difference to the
 bench's "API alone" CPU per request. Used for docs/benchmarks.md (API, sessions 20 and 21).
 """
 
@@ -54,7 +54,7 @@ def scope_for(body: bytes) -> dict[str, Any]:
     }
 
 
-async def main(posts: int, rounds: int, concurrency: int) -> None:
+async def main(posts: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory() as directory:
         platform = bench.without_consumers(bootstrap(platform_settings("embedded", Path(directory), "")))
         platform.tasks = []  # nor the relay and projections: the request's own work only
@@ -89,8 +89,8 @@ async def main(posts: int, rounds: int, concurrency: int) -> None:
             for round_number in range(rounds):
                 chunk = bodies[WARM_UP + round_number * posts : WARM_UP + (round_number + 1) * posts]
                 started, loop_started = time.process_time(), time.thread_time()
-                for start in range(0, len(chunk), concurrency):
-                    await asyncio.gather(*(post(body) for body in chunk[start : start + concurrency]))
+                for body in chunk:
+                    await post(body)
                 cpu = (time.process_time() - started) / posts
                 loop_cpu = (time.thread_time() - loop_started) / posts
                 print(
@@ -100,5 +100,5 @@ async def main(posts: int, rounds: int, concurrency: int) -> None:
 
 
 if __name__ == "__main__":
-    arguments = [int(value) for value in sys.argv[1:4]]
-    uvloop.run(main(*(arguments + [2000, 3, 1][len(arguments) :])))
+    arguments = [int(value) for value in sys.argv[1:3]]
+    uvloop.run(main(*(arguments + [2000, 3][len(arguments) :])))

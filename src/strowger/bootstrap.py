@@ -92,6 +92,12 @@ class Platform:
         self.observer = MetricsObserver(self.metrics)
         self.pacer = LoopPacer(self.settings.background_share)
 
+    @property
+    def background_pacer(self) -> LoopPacer | None:
+        """The pacer of background work sharing the loop with HTTP: on SQLite only, as on
+        PostgreSQL both sides wait on I/O (bus/pacing.py)."""
+        return self.pacer if self.database.kind == "sqlite" else None
+
     def sink(self, producer: str) -> OutboxSink:
         """Where component ``producer`` emits its events (the transactional outbox)."""
         return OutboxSink(self.outbox, producer, validator=self.validator, metrics=self.metrics)
@@ -121,7 +127,7 @@ class Platform:
             validator=self.validator,
             timeline=True,
             create_tables=False,  # start() creates every table before any task runs
-            pacer=self.pacer if self.database.kind == "sqlite" else None,  # see bus/pacing.py
+            pacer=self.background_pacer,
         )
         self.runners.append(runner)
         self.add_task(f"consumer:{consumer.name}", runner.run)
@@ -250,7 +256,7 @@ def _backbone(platform: Platform) -> None:
         poll_interval=settings.outbox_poll_interval,
         retention=timedelta(days=settings.retention_days),
         observer=platform.observer,
-        pacer=platform.pacer,  # requests first (bus/pacing.py); SQLite only
+        pacer=platform.background_pacer,
     )
     if settings.database_schemas and settings.database == "postgresql":
         from strowger.store.outbox_schemas import relay_every_schema

@@ -40,7 +40,7 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 DEFAULT_SHARE = 0.1  # of the loop the consumers keep however busy the API is
 LOAD_WINDOW = 0.5  # seconds over which the API's share of the loop is averaged (decay constant)
@@ -211,3 +211,24 @@ class LoopPacer:
             if not waiter.done():
                 waiter.set_result(None)
                 return
+
+
+class PacedBatches:
+    """One background worker's batches through a pacer: a turn first, then a batch sized to the
+    budget at the worker's last cost per event, its time charged (projections, the outbox relay)."""
+
+    def __init__(self, pacer: LoopPacer) -> None:
+        self.pacer = pacer
+        self.seconds_per_event = 0.0  # of the last batch, to size the next one
+
+    async def run(self, largest: int, batch: Callable[[int], Awaitable[int]]) -> tuple[int, int]:
+        """``batch(limit)`` when its turn comes (it returns how many events it took): (count, limit)."""
+        await self.pacer.turn()
+        limit = self.pacer.batch_size(largest, self.seconds_per_event)
+        started = time.perf_counter()
+        count = await batch(limit)
+        if count:
+            seconds = time.perf_counter() - started
+            self.seconds_per_event = seconds / count
+            self.pacer.spent(seconds)
+        return count, limit

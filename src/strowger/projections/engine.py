@@ -24,13 +24,12 @@ import asyncio
 import contextlib
 import logging
 import re
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import ClassVar
 
-from strowger.bus.pacing import LoopPacer
+from strowger.bus.pacing import LoopPacer, PacedBatches
 from strowger.errors import ConcurrencyConflict, ConfigError, NotFound
 from strowger.ops.metrics import Metrics
 from strowger.store.db import Database, TableSet, Transaction
@@ -429,18 +428,13 @@ class ProjectionRunner:
             )
             await rebuild(self.database, self.source, self.projection, batch_size=self.batch_size)
             await self._reload()
-        seconds_per_event = 0.0  # of the last batch, to size the next one while pacing
+        paced = PacedBatches(self.pacer) if self.pacer is not None else None  # requests first
         while True:
-            limit = self.batch_size
-            if self.pacer is not None:
-                await self.pacer.turn()  # requests first (bus/pacing.py)
-                limit = self.pacer.batch_size(limit, seconds_per_event)
-            started = time.perf_counter()
-            count = await self.run_once(limit)
-            if count and self.pacer is not None:
-                seconds = time.perf_counter() - started
-                seconds_per_event = seconds / count
-                self.pacer.spent(seconds)
+            if paced is None:
+                limit = self.batch_size
+                count = await self.run_once(limit)
+            else:
+                count, limit = await paced.run(self.batch_size, self.run_once)
             if count >= limit:
                 await self._report_lag_while_behind()
                 # More is waiting: no pause, but one turn of the event loop (SQLite work never

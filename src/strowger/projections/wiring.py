@@ -89,7 +89,7 @@ def install(platform: Platform, projections: Sequence[Projection] | None = None)
             else SagaLogSource(platform.database),
             platform.database,
             metrics=platform.metrics,
-            pacer=platform.pacer if platform.database.kind == "sqlite" else None,  # bus/pacing.py
+            pacer=platform.background_pacer,
         )
         for projection in chosen
     ]

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -39,7 +38,7 @@ import orjson
 
 from strowger.bus.embedded import EmbeddedBus
 from strowger.bus.observe import NULL_OBSERVER, PipelineObserver, is_null
-from strowger.bus.pacing import LoopPacer
+from strowger.bus.pacing import LoopPacer, PacedBatches
 from strowger.bus.partitioning import partition_for
 from strowger.bus.port import Bus
 from strowger.events.envelope import Message
@@ -186,7 +185,7 @@ class OutboxRelay:
         self.observer = observer
         self.purge_inbox = purge_inbox
         self.pacer = pacer if database.kind == "sqlite" else None  # elsewhere I/O suspends the relay
-        self._seconds_per_row = 0.0  # of the last paced batch, to size the next one
+        self._paced = PacedBatches(self.pacer) if self.pacer is not None else None
         self._observing = not is_null(observer)
         self._same_database = isinstance(bus, EmbeddedBus) and bus.database is database
 
@@ -217,16 +216,9 @@ class OutboxRelay:
 
     async def _relay_full_round(self, hinted: set[int] | None) -> bool:
         """One round, through the pacer if there is one; whether a batch was full (more waiting)."""
-        if self.pacer is None:
+        if self._paced is None:
             return self.batch_size in await self._relay_round(hinted)
-        await self.pacer.turn()
-        limit = self.pacer.batch_size(self.batch_size, self._seconds_per_row)
-        started = time.perf_counter()
-        count = await self._relay_sqlite_batch(limit)
-        if count:
-            seconds = time.perf_counter() - started
-            self._seconds_per_row = seconds / count
-            self.pacer.spent(seconds)
+        count, limit = await self._paced.run(self.batch_size, self._relay_sqlite_batch)
         return count >= limit
 
     async def relay_once(self) -> int:
