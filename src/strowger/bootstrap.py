@@ -18,9 +18,9 @@ from typing import Any
 from strowger.bus import Bus, open_bus
 from strowger.bus.observe import MetricsObserver
 from strowger.bus.pacing import LoopPacer
-from strowger.bus.runtime import Consumer, ConsumerRunner, prepare_emitted
+from strowger.bus.runtime import Consumer, ConsumerRunner, encode_emitted
 from strowger.errors import SchemaViolation
-from strowger.events.envelope import Envelope, encode
+from strowger.events.envelope import Envelope
 from strowger.events.topics import ALL_TOPICS
 from strowger.events.validation import SchemaValidator
 from strowger.ops.metrics import Metrics
@@ -57,13 +57,13 @@ class OutboxSink:
 
     async def emit(self, tx: Transaction, envelope: Envelope, topic: str) -> None:
         try:
-            envelope = prepare_emitted(envelope, topic, producer=self.producer, validator=self.validator)
+            message = encode_emitted(envelope, topic, producer=self.producer, validator=self.validator)
         except SchemaViolation:
             if self.metrics is not None:
                 self.metrics.schema_violations_produced.labels(self.producer, envelope.event_type).inc()
             log.exception("refused to emit an invalid %s on %s", envelope.event_type, topic)
             raise
-        await self.outbox.add(tx, [encode(envelope, topic)])
+        await self.outbox.add(tx, [message])
 
 
 @dataclass

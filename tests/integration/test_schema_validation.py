@@ -6,9 +6,9 @@ import pytest
 
 from strowger.bus.embedded import EmbeddedBus
 from strowger.bus.observe import MetricsObserver
-from strowger.bus.runtime import Consumer, ConsumerRunner, UnitOfWork, prepare_emitted
+from strowger.bus.runtime import Consumer, ConsumerRunner, UnitOfWork, encode_emitted
 from strowger.errors import SchemaViolation
-from strowger.events.envelope import Envelope
+from strowger.events.envelope import Envelope, decode
 from strowger.events.registry import SchemaRegistry
 from strowger.events.schemas import builtin_schemas
 from strowger.events.validation import SchemaValidator
@@ -130,11 +130,12 @@ async def test_a_handler_emitting_an_invalid_event_writes_nothing_and_is_dead_le
 
 
 def test_producers_validate_before_the_outbox(validator: SchemaValidator) -> None:
-    good = prepare_emitted(
+    message = encode_emitted(
         order_created({"id": "PO-1"}), "bss.ordering.events", producer="com", validator=validator
     )
+    good = decode(message)
     assert good.producer == "com" and good.traceparent.startswith("00-")
     with pytest.raises(SchemaViolation):
-        prepare_emitted(
+        encode_emitted(
             order_created({"state": "x"}), "bss.ordering.events", producer="com", validator=validator
         )

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import uuid
+
 import orjson
 import pytest
 
 from strowger.errors import MalformedMessage
-from strowger.events.envelope import Category, Envelope, Header, Message, decode, encode
+from strowger.events.envelope import Category, Envelope, Header, Message, decode, encode, new_id
 
 
 def order_event(**fields: object) -> Envelope:
@@ -95,3 +97,17 @@ def test_a_caused_event_inherits_correlation_and_links_its_cause() -> None:
     assert effect.traceparent == cause.traceparent
     assert effect.entity_key == "PO-1"
     assert effect.event_id != cause.event_id
+
+
+def test_new_ids_are_random_version_4_uuids_written_as_uuid_writes_them() -> None:
+    ids = [new_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == text
+    # every one of the 122 random bits varies across the sample (none is stuck at 0 or 1)
+    ors, ands = 0, (1 << 128) - 1
+    for text in ids:
+        ors, ands = ors | uuid.UUID(text).int, ands & uuid.UUID(text).int
+    fixed = (0xF << 76) | (0x3 << 62)  # the version nibble and the variant bits
+    assert (ors ^ ands) | fixed == (1 << 128) - 1

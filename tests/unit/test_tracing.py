@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from fastapi import FastAPI
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
@@ -218,16 +219,28 @@ async def test_without_exporter_each_publish_of_a_request_gets_its_own_span_in_o
 
 
 @pytest.mark.parametrize("ratio", [0.0, 1.0])
-@pytest.mark.parametrize("parent", [None, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"])
+@pytest.mark.parametrize(
+    "parent",
+    [
+        None,
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03",  # sampled, random trace id
+    ],
+)
 def test_an_unexported_span_has_the_sampling_flags_the_sdk_gives(ratio: float, parent: str | None) -> None:
     configure_tracing(TracingSettings(trace_sample_ratio=ratio))
     try:
-        context = tracing.context_from(parent or "")
-        light = tracing.unexported_span("x", context).get_span_context()
-        sdk = tracing.tracer().start_span("x", context=context).get_span_context()
-        assert light.trace_flags == sdk.trace_flags
-        assert light.is_valid and not light.is_remote
-        if parent:
-            assert light.trace_id == sdk.trace_id == int(parent.split("-")[1], 16)
+        headers = {"traceparent": parent, "tracestate": "vendor=opaque,other=1"} if parent else {}
+        remote = tracing.context_from_headers(headers)
+        local = trace.set_span_in_context(tracing.unexported_span("parent", remote))
+        for context in (remote, local):
+            light = tracing.unexported_span("x", context).get_span_context()
+            sdk = tracing.tracer().start_span("x", context=context).get_span_context()
+            assert light.trace_flags == sdk.trace_flags
+            assert light.trace_state == sdk.trace_state
+            assert light.is_valid and not light.is_remote
+            if parent:
+                assert light.trace_id == sdk.trace_id == int(parent.split("-")[1], 16)
     finally:
         tracing.shutdown_tracing()

@@ -163,12 +163,13 @@ def produced_at(message: Message) -> float | None:
         return None
 
 
-def trace_emitted(envelope: Envelope, topic: str) -> Envelope:
-    """``envelope`` with the traceparent of its own PRODUCER span, child of the current span.
+def trace_emitted(envelope: Envelope, topic: str, *, producer: str = "") -> Envelope:
+    """``envelope`` with the traceparent of its own PRODUCER span, child of the current span
+    (and ``producer``, if given: one copy of the envelope for both).
 
     Outside any span, an envelope that already names a trace (``caused()`` copies its
     cause's) keeps it rather than starting an unrelated trace.
     """
     if envelope.traceparent and not trace.get_current_span().get_span_context().is_valid:
-        return envelope
-    return tracing.stamp(envelope, topic)
+        return envelope.with_producer(producer) if producer and producer != envelope.producer else envelope
+    return tracing.stamp(envelope, topic, producer=producer or envelope.producer)

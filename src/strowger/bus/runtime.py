@@ -125,35 +125,36 @@ class UnitOfWork:
 
     async def emit_many(self, envelopes: Sequence[Envelope], topic: str) -> None:
         """Publish ``envelopes`` on ``topic`` (one outbox insert) if, and only if, this work commits."""
-        messages = [encode(self._prepare(envelope, topic), topic) for envelope in envelopes]
+        producer, traced, validator = self.consumer, self.traced, self.validator
+        messages = [
+            encode_emitted(envelope, topic, producer=producer, traced=traced, validator=validator)
+            for envelope in envelopes
+        ]
         await self.outbox.add(self.tx, messages)
 
-    def _prepare(self, envelope: Envelope, topic: str) -> Envelope:
-        return prepare_emitted(
-            envelope, topic, producer=self.consumer, traced=self.traced, validator=self.validator
-        )
 
-
-def prepare_emitted(
+def encode_emitted(
     envelope: Envelope,
     topic: str,
     *,
     producer: str,
     traced: bool = True,
     validator: SchemaValidator | None = None,
-) -> Envelope:
-    """``envelope`` as it goes into the outbox: its producer named, its own PRODUCER span's
-    traceparent (``traced``), checked against its schema (raises SchemaViolation).
+) -> Message:
+    """``envelope`` as it goes into the outbox, encoded for ``topic``: its producer named, its own
+    PRODUCER span's traceparent (``traced``), checked against its schema (raises SchemaViolation).
 
-    Every emitter calls it: :class:`UnitOfWork` here, and the platform's ``OutboxSink``.
+    Every emitter calls it: :class:`UnitOfWork` here, and the platform's ``OutboxSink``. The
+    TMF body is built once, for the check and the message alike.
     """
-    if not envelope.producer:
-        envelope = envelope.with_producer(producer)
     if traced or not envelope.traceparent:  # untraced, an event still joins (or starts) a trace
-        envelope = trace_emitted(envelope, topic)
+        envelope = trace_emitted(envelope, topic, producer=envelope.producer or producer)
+    elif not envelope.producer:
+        envelope = envelope.with_producer(producer)
+    body = envelope.to_tmf()
     if validator is not None:
-        validator.check(envelope)
-    return envelope
+        validator.check(envelope, body)
+    return encode(envelope, topic, body=body)
 
 
 Handler = Callable[[Envelope, UnitOfWork], Awaitable[None]]

@@ -8,7 +8,7 @@ headers, so consumers can route and filter on ``eventType`` without decoding.
 from __future__ import annotations
 
 import enum
-import uuid
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -44,7 +44,13 @@ class Header(enum.StrEnum):
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID as text, as ``str(uuid.uuid4())`` writes it, at a third of its
+    cost (an order takes several: its own, its events', its notifications')."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def utcnow() -> datetime:
@@ -230,8 +236,15 @@ def _resource_id(payload: Mapping[str, Any]) -> str | None:
     return None
 
 
-def encode(envelope: Envelope, topic: str, *, produced_at: datetime | None = None) -> Message:
-    """The wire form of ``envelope`` on ``topic``."""
+def encode(
+    envelope: Envelope,
+    topic: str,
+    *,
+    produced_at: datetime | None = None,
+    body: Mapping[str, Any] | None = None,
+) -> Message:
+    """The wire form of ``envelope`` on ``topic``; ``body``: its :meth:`Envelope.to_tmf`, if the
+    caller built it already."""
     headers = {
         Header.EVENT_ID: envelope.event_id,
         Header.EVENT_TYPE: envelope.event_type,
@@ -248,7 +261,7 @@ def encode(envelope: Envelope, topic: str, *, produced_at: datetime | None = Non
         topic=topic,
         key=envelope.entity_key,
         headers={str(k): v for k, v in headers.items()},
-        value=orjson.dumps(envelope.to_tmf()),
+        value=orjson.dumps(envelope.to_tmf() if body is None else body),
     )
 
 

@@ -75,10 +75,12 @@ class SchemaValidator:
         """Whether any version of ``event_type`` has a schema."""
         return event_type in self._types
 
-    def check(self, envelope: Envelope) -> None:
-        """SchemaViolation if ``envelope`` (about to be produced) does not match its schema."""
+    def check(self, envelope: Envelope, body: Mapping[str, Any] | None = None) -> None:
+        """SchemaViolation if ``envelope`` (about to be produced) does not match its schema;
+        ``body``: its :meth:`Envelope.to_tmf`, if the caller built it already."""
         if self._applies(envelope.event_type):
-            self._validator(envelope.event_type, envelope.schema_version).validate(envelope.to_tmf())
+            validator = self._validator(envelope.event_type, envelope.schema_version)
+            validator.validate(envelope.to_tmf() if body is None else body)
 
     def check_message(self, message: Message, envelope: Envelope) -> None:
         """SchemaViolation if the received ``message`` (decoded as ``envelope``) does not match.
