@@ -21,6 +21,7 @@ import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import jwt
@@ -87,6 +88,20 @@ class ApiKeyStore:
 
     def __init__(self, entries: Iterable[ApiKeyEntry]) -> None:
         self.entries: tuple[ApiKeyEntry, ...] = tuple(entries)
+        # Each key's principal, made once: it is immutable (claims included), and every request
+        # presenting the key is that caller.
+        self._principals = [
+            (
+                entry.sha256.encode(),
+                Principal(
+                    subject=f"apikey:{entry.name}",
+                    scopes=frozenset(entry.scopes),
+                    method="api-key",
+                    claims=MappingProxyType({}),
+                ),
+            )
+            for entry in self.entries
+        ]
 
     @classmethod
     def from_settings(cls, settings: SecuritySettings) -> ApiKeyStore:
@@ -98,14 +113,14 @@ class ApiKeyStore:
     def principal(self, key: str) -> Principal:
         """The owner of ``key``, or Unauthenticated."""
         presented = hash_api_key(key).encode()
-        found: ApiKeyEntry | None = None
+        found: Principal | None = None
         # Compare against every entry so the time taken does not say which one matched.
-        for entry in self.entries:
-            if hmac.compare_digest(presented, entry.sha256.encode()):
-                found = entry
+        for digest, principal in self._principals:
+            if hmac.compare_digest(presented, digest):
+                found = principal
         if found is None:
             raise Unauthenticated("The API key is not valid")
-        return Principal(subject=f"apikey:{found.name}", scopes=frozenset(found.scopes), method="api-key")
+        return found
 
 
 def read_api_keys_file(path: Path) -> list[ApiKeyEntry]:
