@@ -180,6 +180,21 @@ async def test_a_minimal_order_is_acknowledged_at_once(world: World) -> None:
             "productOrderItem[0].action",
             "invalidBodyField",
         ),
+        (  # not a string: was a 500 (an unhashable value looked up in a set)
+            {"productOrderItem": [{"id": "1", "action": ["add"]}]},
+            "productOrderItem[0].action",
+            "invalidBodyField",
+        ),
+        (  # the same
+            {
+                "productOrderItem": [
+                    {"id": "1", "action": "add"},
+                    {"id": "2", "action": "add", "productOrderItemRelationship": [{"id": {"id": "1"}}]},
+                ]
+            },
+            "productOrderItem[1].productOrderItemRelationship[0].id",
+            "invalidBodyField",
+        ),
         ({"productOrderItem": [item()], "state": "completed"}, "state", "readOnlyField"),
     ],
 )

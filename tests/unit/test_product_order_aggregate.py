@@ -52,6 +52,7 @@ def replay(order: ProductOrder) -> ProductOrder:
         ({"productOrderItem": [{"action": "add"}]}, "productOrderItem[0].id", True),
         ({"productOrderItem": [{"id": "1"}]}, "productOrderItem[0].action", True),
         ({"productOrderItem": [{"id": "1", "action": "buy"}]}, "productOrderItem[0].action", False),
+        ({"productOrderItem": [{"id": "1", "action": ["add"]}]}, "productOrderItem[0].action", False),
         (
             {
                 "productOrderItem": [

@@ -267,7 +267,7 @@ class Lifecycle:
         return frozenset(self.transitions) | frozenset().union(*self.transitions.values())
 
     def check_known(self, state: Any) -> None:
-        if state not in self.states:
+        if not isinstance(state, str) or state not in self.states:  # a list or object: not a state
             allowed = ", ".join(sorted(self.states))
             raise BadRequest(
                 f"{self.attribute}: {state!r} is not a known state (one of {allowed})",

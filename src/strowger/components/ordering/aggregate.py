@@ -158,6 +158,7 @@ class Change:
 
 # The date-times of TMF622 ``ProductOrder_Create`` (the event schema types them, not their format).
 CLIENT_DATE_TIMES = ("requestedCompletionDate", "requestedStartDate", "cancellationDate")
+ITEM_ACTIONS = frozenset(member.value for member in OrderItemAction)
 
 
 def check_order_message(body: Mapping[str, Any]) -> None:
@@ -184,7 +185,7 @@ def check_order_message(body: Mapping[str, Any]) -> None:
         action = item.get("action")
         if action is None:
             raise InvalidOrder(f"{path}.action is required", f"{path}.action", missing=True)
-        if action not in {member.value for member in OrderItemAction}:
+        if not isinstance(action, str) or action not in ITEM_ACTIONS:
             allowed = ", ".join(member.value for member in OrderItemAction)
             raise InvalidOrder(f"{path}.action {action!r} is not one of: {allowed}", f"{path}.action")
     for path, item in _walk(items, "productOrderItem"):
@@ -207,7 +208,7 @@ def _check_relationships(path: str, item: Mapping[str, Any], item_ids: set[str])
         target = relationship.get("id") if isinstance(relationship, Mapping) else None
         if target is None:
             raise InvalidOrder(f"{here}.id is required", f"{here}.id", missing=True)
-        if target not in item_ids or target == item["id"]:
+        if not isinstance(target, str) or target not in item_ids or target == item["id"]:
             raise InvalidOrder(f"{here}.id {target!r} is not another item of this order", f"{here}.id")
 
 
