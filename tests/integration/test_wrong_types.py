@@ -3,8 +3,9 @@
 schemathesis (test_schemathesis.py) generates requests from the served OpenAPI documents;
 this walks real TMF samples instead and, one value at a time, puts a list, an object, a
 number, null, a boolean or a string where the sample had something else, then POSTs the
-result through the whole application (security, input limits, routes). Each answer must be
-a 2xx or a TMF error with a 4xx status. It found three 500s: an order item's ``action``, an
+result through the whole application (security, input limits, routes); then PATCHes the
+resource the sample created (when the API accepts the sample as it is) the same way. Each
+answer must be a 2xx or a TMF error with a 4xx status. It found three 500s: an order item's ``action``, an
 item relationship's ``id`` and a resource's status, each a list or object looked up in a set.
 """
 
@@ -106,3 +107,27 @@ async def test_no_value_of_a_wrong_type_gets_a_server_error(http: httpx.AsyncCli
                 assert set(response.json()) >= {"code", "reason", "message", "status", "@type"}
     assert server_errors == []
     assert answered >= 3 * len(WRONG_VALUES)  # the sample has values to replace
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+async def test_no_patch_of_a_wrong_type_gets_a_server_error(http: httpx.AsyncClient, case: str) -> None:
+    url, name = CASES[case]
+    document = sample(name)
+    created = await http.post(url, content=orjson.dumps(document))
+    if created.status_code != 201:  # a sample the API refuses as it is: nothing to change
+        assert created.status_code < 500
+        return
+    resource = created.json()
+    server_errors: list[str] = []
+    for path in value_paths(document):
+        for value in WRONG_VALUES:
+            patch = replaced(document, path, value)
+            top = str(path[0])
+            response = await http.patch(
+                f"{url}/{resource['id']}",
+                content=orjson.dumps({top: patch[top]}),
+                headers={"Content-Type": "application/merge-patch+json"},
+            )
+            if response.status_code >= 500:
+                server_errors.append(f"{'.'.join(map(str, path))} = {value!r}: {response.status_code}")
+    assert server_errors == []
