@@ -111,7 +111,9 @@ async def test_required_fields_and_status_enumerations(
     body = assert_error(await client.post(RESOURCE, json={"name": "r", "usageState": "sleepy"}), 400)
     assert body["message"].startswith("usageState")
     for not_a_state in ([], {}, ["available"]):  # was a 500: unhashable, looked up in a set
-        body = assert_error(await client.post(RESOURCE, json={"name": "r", "resourceStatus": not_a_state}), 400)
+        body = assert_error(
+            await client.post(RESOURCE, json={"name": "r", "resourceStatus": not_a_state}), 400
+        )
         assert body["message"].startswith("resourceStatus")
     assert_error(await client.post(PRODUCT, json={"id": "mine"}), 400)
     assert sink.events == []

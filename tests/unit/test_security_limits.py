@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -109,3 +111,35 @@ def test_the_checked_document_is_handed_over_only_for_the_very_same_bytes() -> N
     assert parsed_json(scope, body) == ({"productOrderItem": [{"id": "1"}]},)
     assert parsed_json(scope, body + b" ") is None
     assert parsed_json({}, body) is None
+
+
+@given(JSON_VALUES, st.sampled_from(["compact", "escaped and indented"]))
+def test_the_shortcut_from_the_bytes_refuses_exactly_what_the_naming_walk_names(
+    document: Any, layout: str
+) -> None:
+    """The bounds read off the JSON text never let an offender through (nor refuse a good body)."""
+    if layout == "compact":
+        encoded = orjson.dumps(document)
+    else:  # \\uXXXX escapes make strings longer in bytes than in characters
+        encoded = json.dumps(document, ensure_ascii=True, indent=1).encode()
+    try:
+        _name_first_offender(document, LIMITS)
+        named = None
+    except LimitExceeded as exc:
+        named = exc.message
+    try:
+        check_json(document, LIMITS, encoded=encoded)
+    except LimitExceeded as exc:
+        assert exc.message == named
+    else:
+        assert named is None
+
+
+def test_the_shortcut_holds_at_each_limit_and_not_past_it() -> None:
+    at_limits = {"a": [1, 2, {"b": "abcde"}]}  # 3 items, 5 characters, depth 3
+    check_json(at_limits, LIMITS, encoded=orjson.dumps(at_limits))
+    deep: object = {"d": {}}
+    for _ in range(3):
+        deep = {"d": deep}  # 5 levels
+    with pytest.raises(LimitExceeded, match="nesting deeper"):
+        check_json(deep, LIMITS, encoded=orjson.dumps(deep))
