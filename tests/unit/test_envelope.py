@@ -1,12 +1,24 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from strowger.errors import MalformedMessage
-from strowger.events.envelope import Category, Envelope, Header, Message, decode, encode, new_id
+from strowger.events.envelope import (
+    Category,
+    Envelope,
+    Header,
+    Message,
+    decode,
+    encode,
+    format_time,
+    new_id,
+)
 
 
 def order_event(**fields: object) -> Envelope:
@@ -111,3 +123,10 @@ def test_new_ids_are_random_version_4_uuids_written_as_uuid_writes_them() -> Non
         ors, ands = ors | uuid.UUID(text).int, ands & uuid.UUID(text).int
     fixed = (0xF << 76) | (0x3 << 62)  # the version nibble and the variant bits
     assert (ors ^ ands) | fixed == (1 << 128) - 1
+
+
+@given(st.datetimes(timezones=st.timezones()), st.datetimes(timezones=st.just(UTC)))
+def test_times_are_written_as_isoformat_writes_them_in_utc(moment: datetime, other: datetime) -> None:
+    for value in (moment, other, moment):  # a cached second must not leak into another one
+        expected = value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert format_time(value) == expected

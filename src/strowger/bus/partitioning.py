@@ -7,6 +7,8 @@ every process and across restarts (unlike Python's salted ``hash``).
 
 from __future__ import annotations
 
+import struct
+
 _SEED = 0x9747B28C
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
@@ -17,13 +19,10 @@ def murmur2(data: bytes) -> int:
     length = len(data)
     h = (_SEED ^ length) & _MASK
     whole = length - length % 4
-    for i in range(0, whole, 4):
-        k = int.from_bytes(data[i : i + 4], "little")
+    for k in struct.unpack_from(f"<{whole // 4}I", data):  # the 4-byte little-endian words
         k = (k * _M) & _MASK
         k ^= k >> 24
-        k = (k * _M) & _MASK
-        h = (h * _M) & _MASK
-        h ^= k
+        h = ((h * _M) ^ (k * _M)) & _MASK  # masking once after the xor: the same low 32 bits
     tail = length % 4
     if tail == 3:
         h ^= data[whole + 2] << 16

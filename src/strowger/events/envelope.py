@@ -8,6 +8,7 @@ headers, so consumers can route and filter on ``eventType`` without decoding.
 from __future__ import annotations
 
 import enum
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -58,8 +59,28 @@ def utcnow() -> datetime:
 
 
 def format_time(moment: datetime) -> str:
-    """RFC 3339 with milliseconds and a Z, as TMF payloads show times."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """RFC 3339 with milliseconds and a Z, as TMF payloads show times.
+
+    An order writes several times within the same second (its date, its events', their
+    notifications'): the text up to the second is kept from the last call, and only the
+    milliseconds are written anew (``isoformat`` cost ~3 µs a call here).
+    """
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    second = math.floor(moment.timestamp())
+    cached_second, prefix = _last_second
+    if second != cached_second:
+        prefix = moment.isoformat(timespec="seconds")[:-6]  # without its "+00:00"
+        _remember_second(second, prefix)
+    return f"{prefix}.{moment.microsecond // 1000:03d}Z"
+
+
+_last_second: tuple[int, str] = (-(2**63), "")
+
+
+def _remember_second(second: int, prefix: str) -> None:
+    global _last_second
+    _last_second = (second, prefix)
 
 
 def is_date_time(value: object) -> bool:
