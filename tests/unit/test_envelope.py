@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import orjson
@@ -130,3 +131,13 @@ def test_times_are_written_as_isoformat_writes_them_in_utc(moment: datetime, oth
     for value in (moment, other, moment):  # a cached second must not leak into another one
         expected = value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         assert format_time(value) == expected
+
+
+def test_evolve_copies_as_dataclasses_replace_does() -> None:
+    original = order_event(causation_id="c-1")
+    changed = original.evolve(traceparent="00-" + "1" * 32 + "-" + "2" * 16 + "-01", producer="som")
+    assert changed == replace(original, traceparent=changed.traceparent, producer="som")
+    assert original.producer == "ordering" and original.traceparent == ""  # untouched
+    assert original.evolve() == original and original.evolve() is not original
+    with pytest.raises(TypeError, match="no field 'colour'"):
+        original.evolve(colour="blue")

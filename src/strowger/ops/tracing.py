@@ -24,7 +24,6 @@ import re
 import uuid
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -241,7 +240,7 @@ def stamp(envelope: Envelope, topic: str, *, producer: str = "") -> Envelope:
     """``envelope`` with the traceparent of its publication on ``topic`` (call where it is
     emitted), and its ``producer`` if given (one copy of the envelope for both)."""
     traceparent = traceparent_for_publish(topic, envelope.event_type, envelope.entity_key)
-    return replace(envelope, traceparent=traceparent, producer=producer or envelope.producer)
+    return envelope.evolve(traceparent=traceparent, producer=producer or envelope.producer)
 
 
 def _messaging(topic: str, **extra: str) -> dict[str, str]:
