@@ -61,6 +61,22 @@ def test_while_the_api_is_busy_a_batch_over_its_share_makes_the_next_wait() -> N
     assert paced.delay() == 0.0
 
 
+def test_requests_starved_by_unchecked_batches_still_make_the_api_busy() -> None:
+    """The trap seen in a bench run: batches took most of the loop, requests got 150 a second
+    (13% of the loop), under ``busy_load`` of the whole loop, so the batches were never held."""
+    clock = Clock()
+    paced = LoopPacer(0.1, load_window=0.5, busy_load=0.2, burst=0.05, clock=clock)
+    for _ in range(100):  # one second: every 10 ms a batch of 8.5 ms, then a request of 1.3 ms
+        clock.now += 0.0085
+        paced.spent(0.0085)
+        clock.now += 0.0013
+        paced.served(0.0013)
+    assert paced.load < 0.2  # under busy_load of the whole loop
+    assert paced.busy
+    assert paced.delay() > 0  # the batches now owe the requests their time
+    assert paced.background_load > 0.7
+
+
 def test_the_api_stays_busy_across_a_batch_that_kept_it_from_serving() -> None:
     clock = Clock()
     paced = pacer(clock)

@@ -119,7 +119,7 @@ def test_the_shortcut_from_the_bytes_refuses_exactly_what_the_naming_walk_names(
 ) -> None:
     """The bounds read off the JSON text never let an offender through (nor refuse a good body)."""
     if layout == "compact":
-        encoded = orjson.dumps(document)
+        encoded = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
     else:  # \\uXXXX escapes make strings longer in bytes than in characters
         encoded = json.dumps(document, ensure_ascii=True, indent=1).encode()
     try:
