@@ -54,6 +54,28 @@ def scope_for(body: bytes) -> dict[str, Any]:
     }
 
 
+async def post(app: Any, body: bytes) -> None:
+    """POST ``body`` to the ASGI ``app`` as a TMF client would; SystemExit unless it answers 201."""
+    delivered = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if delivered:  # nobody disconnects
+            await asyncio.Event().wait()
+        delivered = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    statuses: list[int] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    await app(scope_for(body), receive, send)
+    if statuses != [201]:
+        raise SystemExit(f"expected a 201, got {statuses}")
+
+
 async def main(posts: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory() as directory:
         platform = bench.without_consumers(bootstrap(platform_settings("embedded", Path(directory), "")))
@@ -62,35 +84,15 @@ async def main(posts: int, rounds: int) -> None:
         generator = OrderGenerator(BENCH_MIX, seed=1)
         bodies = [orjson.dumps(generator.order()) for _ in range(WARM_UP + posts * rounds)]
 
-        async def post(body: bytes) -> None:
-            delivered = False
-
-            async def receive() -> dict[str, Any]:
-                nonlocal delivered
-                if delivered:  # nobody disconnects
-                    await asyncio.Event().wait()
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-
-            statuses: list[int] = []
-
-            async def send(message: dict[str, Any]) -> None:
-                if message["type"] == "http.response.start":
-                    statuses.append(message["status"])
-
-            await app(scope_for(body), receive, send)
-            if statuses != [201]:
-                raise SystemExit(f"expected a 201, got {statuses}")
-
         async with app.router.lifespan_context(app):
             freeze_startup_heap()
             for body in bodies[:WARM_UP]:
-                await post(body)
+                await post(app, body)
             for round_number in range(rounds):
                 chunk = bodies[WARM_UP + round_number * posts : WARM_UP + (round_number + 1) * posts]
                 started, loop_started = time.process_time(), time.thread_time()
                 for body in chunk:
-                    await post(body)
+                    await post(app, body)
                 cpu = (time.process_time() - started) / posts
                 loop_cpu = (time.thread_time() - loop_started) / posts
                 print(

@@ -14,7 +14,6 @@ in the count. Compare two trees with ``PYTHONPATH=<tree>/src``. Used for docs/be
 (API, session 22).
 """
 
-import asyncio
 import os
 import re
 import subprocess
@@ -53,7 +52,7 @@ def counted(arguments: list[str]) -> None:
     import uvloop
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from post_cpu_in_process import KEY, scope_for
+    from post_cpu_in_process import KEY, post
 
     from strowger.app import DirectRoutes, freeze_startup_heap
     from strowger.bench import api as bench
@@ -76,30 +75,10 @@ def counted(arguments: list[str]) -> None:
             bodies = [orjson.dumps(generator.order()) for _ in range(WARM_UP + posts)]
             target: Any = app
 
-            async def post(body: bytes) -> None:
-                delivered = False
-
-                async def receive() -> dict[str, Any]:
-                    nonlocal delivered
-                    if delivered:  # nobody disconnects
-                        await asyncio.Event().wait()
-                    delivered = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-
-                statuses: list[int] = []
-
-                async def send(message: dict[str, Any]) -> None:
-                    if message["type"] == "http.response.start":
-                        statuses.append(message["status"])
-
-                await target(scope_for(body), receive, send)
-                if statuses != [201]:
-                    raise SystemExit(f"expected a 201, got {statuses}")
-
             async with app.router.lifespan_context(app):
                 freeze_startup_heap()
                 for body in bodies[:WARM_UP]:
-                    await post(body)  # builds the middleware stack too
+                    await post(target, body)  # builds the middleware stack too
                 if "--direct" in arguments:
                     layer: Any = app.middleware_stack
                     while not isinstance(layer, DirectRoutes):
@@ -107,7 +86,7 @@ def counted(arguments: list[str]) -> None:
                     target = layer.routes[("POST", bench.ORDER_PATH)]
                 counting(True)
                 for body in bodies[WARM_UP:]:
-                    await post(body)
+                    await post(target, body)
                 counting(False)
 
     uvloop.run(run())
