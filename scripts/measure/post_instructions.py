@@ -26,8 +26,12 @@ CHILD_FLAG = "--counted"
 WARM_UP = 100
 
 
+def posts_in(arguments: list[str]) -> int:
+    return int(next((value for value in arguments if value.isdigit()), "200"))
+
+
 def main(arguments: list[str]) -> None:
-    posts = int(next((value for value in arguments if value.isdigit()), "200"))
+    posts = posts_in(arguments)
     command = [
         "valgrind",
         "--tool=callgrind",
@@ -60,7 +64,7 @@ def counted(arguments: list[str]) -> None:
     from strowger.demo.harness import platform_settings
     from strowger.demo.orders import BENCH_MIX, OrderGenerator
 
-    posts = int(next((value for value in arguments if value.isdigit()), "200"))
+    posts = posts_in(arguments)
 
     def counting(on: bool) -> None:
         switch = ["callgrind_control", "-i", "on" if on else "off", str(os.getpid())]

@@ -163,13 +163,18 @@ def produced_at(message: Message) -> float | None:
         return None
 
 
-def trace_emitted(envelope: Envelope, topic: str, *, producer: str = "") -> Envelope:
-    """``envelope`` with the traceparent of its own PRODUCER span, child of the current span
-    (and ``producer``, if given: one copy of the envelope for both).
+def trace_emitted(envelope: Envelope, topic: str) -> Envelope:
+    """``envelope`` with the traceparent of its own PRODUCER span (:func:`emitted_traceparent`)."""
+    traceparent = emitted_traceparent(envelope, topic)
+    return envelope if traceparent == envelope.traceparent else envelope.evolve(traceparent=traceparent)
+
+
+def emitted_traceparent(envelope: Envelope, topic: str) -> str:
+    """The traceparent of ``envelope``'s own PRODUCER span on ``topic``, child of the current span.
 
     Outside any span, an envelope that already names a trace (``caused()`` copies its
     cause's) keeps it rather than starting an unrelated trace.
     """
     if envelope.traceparent and not trace.get_current_span().get_span_context().is_valid:
-        return envelope.with_producer(producer) if producer and producer != envelope.producer else envelope
-    return tracing.stamp(envelope, topic, producer=producer or envelope.producer)
+        return envelope.traceparent
+    return tracing.traceparent_for_publish(topic, envelope.event_type, envelope.entity_key)

@@ -55,6 +55,24 @@ PROBE_BATCH = 4  # events of a consumer's first batch while requests are served 
 MAX_DEBT = 1.0  # seconds of waiting the share can owe at most (batches run when idle are charged too)
 
 
+class ShareOfLoop:
+    """The share of the event loop some work took lately: its seconds per second of wall time,
+    decaying with time constant ``window``."""
+
+    def __init__(self, window: float, now: float) -> None:
+        self.window = window
+        self._value = 0.0
+        self._at = now
+
+    def add(self, seconds: float, now: float) -> None:
+        """The work took ``seconds`` of the loop, ending ``now``."""
+        self._value = self.at(now) + seconds / self.window
+        self._at = now
+
+    def at(self, now: float) -> float:
+        return self._value * math.exp(-(now - self._at) / self.window)
+
+
 class LoopPacer:
     """Shares one event loop between HTTP requests (foreground) and consumer batches (background).
 
@@ -90,10 +108,8 @@ class LoopPacer:
         self.burst = burst
         self.idle_gap = idle_gap
         self.clock = clock
-        self._load = 0.0  # seconds serving requests per second, decayed over load_window
-        self._load_at = clock()
-        self._background = 0.0  # seconds of batches per second, decayed likewise
-        self._background_at = clock()
+        self._requests = ShareOfLoop(load_window, clock())  # serving HTTP requests
+        self._batches = ShareOfLoop(load_window, clock())  # background batches
         self._served_at = float("-inf")  # when the last request ended
         self._batch_at = float("-inf")  # when the last batch ended
         self._in_flight = 0  # requests in the server now
@@ -108,9 +124,8 @@ class LoopPacer:
 
     def served(self, seconds: float) -> None:
         """An HTTP request took ``seconds`` of the loop (called for each one)."""
-        now = self.clock()
-        self._load = self._load_now(now) + seconds / self.load_window
-        self._load_at = self._served_at = now
+        now = self._served_at = self.clock()
+        self._requests.add(seconds, now)
         self._in_flight = max(0, self._in_flight - 1)
         if self._in_flight == 0:
             self._check_idle_later()
@@ -118,13 +133,12 @@ class LoopPacer:
     @property
     def load(self) -> float:
         """The share of the loop spent serving requests lately (0 to about 1)."""
-        return self._load_now(self.clock())
+        return self._requests.at(self.clock())
 
     @property
     def background_load(self) -> float:
         """The share of the loop spent on batches lately (0 to about 1)."""
-        now = self.clock()
-        return self._background * math.exp(-(now - self._background_at) / self.load_window)
+        return self._batches.at(self.clock())
 
     @property
     def busy(self) -> bool:
@@ -156,9 +170,6 @@ class LoopPacer:
             and now - self._batch_at >= self.idle_gap
         )
 
-    def _load_now(self, now: float) -> float:
-        return self._load * math.exp(-(now - self._load_at) / self.load_window)
-
     def batch_size(self, largest: int, seconds_per_event: float) -> int:
         """How many events the next batch may take: ``largest``, or while requests are being served
         as many as fit the batch budget at the consumer's last cost per event (at least one;
@@ -179,9 +190,8 @@ class LoopPacer:
         if self.busy and self.share < 1:
             self._fill()
             self._tokens = max(self._tokens - seconds, -self.share * MAX_DEBT)
-        now = self._batch_at = self.clock()
-        self._background = self.background_load + seconds / self.load_window
-        self._background_at = now
+        self._batch_at = self.clock()
+        self._batches.add(seconds, self._batch_at)
         self._check_idle_later()
 
     def delay(self) -> float:

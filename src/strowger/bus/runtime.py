@@ -67,7 +67,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from strowger.bus.observe import APPLIED, DUPLICATE, NULL_OBSERVER, PipelineObserver, is_null, trace_emitted
+from strowger.bus.observe import (
+    APPLIED,
+    DUPLICATE,
+    NULL_OBSERVER,
+    PipelineObserver,
+    emitted_traceparent,
+    is_null,
+)
 from strowger.bus.pacing import LoopPacer
 from strowger.bus.port import Bus, Delivery, Subscriber
 from strowger.errors import MalformedMessage, SchemaViolation, is_transient
@@ -147,10 +154,11 @@ def encode_emitted(
     Every emitter calls it: :class:`UnitOfWork` here, and the platform's ``OutboxSink``. The
     TMF body is built once, for the check and the message alike.
     """
-    if traced or not envelope.traceparent:  # untraced, an event still joins (or starts) a trace
-        envelope = trace_emitted(envelope, topic, producer=envelope.producer or producer)
-    elif not envelope.producer:
-        envelope = envelope.with_producer(producer)
+    traceparent = envelope.traceparent
+    if traced or not traceparent:  # untraced, an event still joins (or starts) a trace
+        traceparent = emitted_traceparent(envelope, topic)
+    if traceparent != envelope.traceparent or not envelope.producer:  # one copy for both
+        envelope = envelope.evolve(traceparent=traceparent, producer=envelope.producer or producer)
     body = envelope.to_tmf()
     if validator is not None:
         validator.check(envelope, body)

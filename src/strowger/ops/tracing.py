@@ -236,11 +236,10 @@ def format_traceparent(span_context: trace.SpanContext) -> str:
     return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
 
 
-def stamp(envelope: Envelope, topic: str, *, producer: str = "") -> Envelope:
-    """``envelope`` with the traceparent of its publication on ``topic`` (call where it is
-    emitted), and its ``producer`` if given (one copy of the envelope for both)."""
+def stamp(envelope: Envelope, topic: str) -> Envelope:
+    """``envelope`` with the traceparent of its publication on ``topic`` (call where it is emitted)."""
     traceparent = traceparent_for_publish(topic, envelope.event_type, envelope.entity_key)
-    return envelope.evolve(traceparent=traceparent, producer=producer or envelope.producer)
+    return envelope.evolve(traceparent=traceparent)
 
 
 def _messaging(topic: str, **extra: str) -> dict[str, str]:
