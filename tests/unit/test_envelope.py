@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from strowger.errors import MalformedMessage
@@ -127,6 +127,9 @@ def test_new_ids_are_random_version_4_uuids_written_as_uuid_writes_them() -> Non
 
 
 @given(st.datetimes(timezones=st.timezones()), st.datetimes(timezones=st.just(UTC)))
+@example(  # a float timestamp rounded this up to the next second
+    datetime(4148, 1, 1, 0, 0, 0, 999999, tzinfo=UTC), datetime(2026, 1, 1, tzinfo=UTC)
+)
 def test_times_are_written_as_isoformat_writes_them_in_utc(moment: datetime, other: datetime) -> None:
     for value in (moment, other, moment):  # a cached second must not leak into another one
         expected = value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

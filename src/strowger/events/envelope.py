@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import enum
 import functools
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -55,9 +54,6 @@ def new_id() -> str:
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -71,13 +67,15 @@ def format_time(moment: datetime) -> str:
     """
     if moment.tzinfo is not UTC:
         moment = moment.astimezone(UTC)
-    return f"{_utc_second(math.floor(moment.timestamp()))}.{moment.microsecond // 1000:03d}Z"
+    # Keyed by the time itself, not by a float timestamp: a float rounds x.9999 up to the next
+    # second once the years are large (found by the property test, year 4148).
+    return f"{_utc_second(moment.replace(microsecond=0))}.{moment.microsecond // 1000:03d}Z"
 
 
 @functools.lru_cache(maxsize=4)
-def _utc_second(second: int) -> str:
-    """``YYYY-MM-DDTHH:MM:SS`` of the UTC second ``second`` seconds after the epoch."""
-    return (EPOCH + timedelta(seconds=second)).isoformat(timespec="seconds")[:-6]  # no "+00:00"
+def _utc_second(second: datetime) -> str:
+    """``YYYY-MM-DDTHH:MM:SS`` of a whole UTC second."""
+    return second.isoformat(timespec="seconds")[:-6]  # without its "+00:00"
 
 
 def is_date_time(value: object) -> bool:
